@@ -1,0 +1,40 @@
+# ilots: `make demo` runs the whole pipeline on the sample city; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: help setup data demo test test-all lint params clean
+
+help:
+	@echo "make demo      create the environment, get the sample data, run the pipeline (dvc repro)"
+	@echo "make test      run the tests (what CI runs)"
+	@echo "make test-all  also the slow tests"
+	@echo "make params    rewrite params.yaml from conf/ after editing conf/"
+
+setup:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
+	$(UV) sync --frozen
+
+# The sample data lives in a small DVC remote inside the repo (.dvc/sample-remote): no network needed.
+data: setup
+	$(RUN) dvc pull data.dvc
+
+demo: data
+	$(RUN) dvc repro
+	$(RUN) ilots summary
+
+test: setup
+	$(RUN) pytest -m "not slow"
+
+test-all: setup
+	$(RUN) pytest
+
+lint: setup
+	$(RUN) ruff check src tests
+
+params: setup
+	$(RUN) ilots params
+
+clean:
+	rm -rf experiments/masks experiments/tiles experiments/train experiments/evaluate experiments/register experiments/predictions

@@ -1,0 +1,207 @@
+"""The ``ilots`` command: one sub-command per pipeline stage, plus the sample city and params.
+
+Every stage takes ``--params FILE`` (what ``dvc.yaml`` passes: the composed ``params.yaml``) or
+composes ``conf/`` itself, and any number of Hydra-style overrides ``key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ilots.errors import IlotsError
+
+log = logging.getLogger("ilots")
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from ilots.config import stage_config
+
+    return stage_config(args.params, args.overrides)
+
+
+def _print(summary: Any) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_sample_city(args: argparse.Namespace) -> None:
+    from ilots.sample import generate_sample_city
+
+    _print(generate_sample_city(Path(args.out), seed=args.seed, size=args.size, n_orthos=args.orthos,
+                                labeling_tile=args.labeling_tile))
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    from ilots.config import project_root, write_params
+
+    root = project_root()
+    changed = write_params(root / args.out, args.overrides, root)
+    print(f"{args.out} {'rewritten from conf/' if changed else 'already agrees with conf/'}")
+
+
+def cmd_labels(args: argparse.Namespace) -> None:
+    from ilots.config import project_root, resolve_path
+    from ilots.labels import build_masks, pull_export
+
+    cfg, root = _cfg(args), project_root()
+    export = resolve_path(root, cfg.labels.export)
+    url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if url and key:
+        log.info("pulling the export of project %s from %s", cfg.labels.project_id, url)
+        pull_export(url, key, int(cfg.labels.project_id), export)
+    _print(build_masks(export, resolve_path(root, cfg.labels.orthos), resolve_path(root, cfg.labels.out),
+                       classes=list(cfg.classes), priority=list(cfg.labels.priority)))
+
+
+def cmd_tiles(args: argparse.Namespace) -> None:
+    from ilots.config import project_root, resolve_path, to_dict
+    from ilots.tiles import cut_tiles
+
+    cfg, root = _cfg(args), project_root()
+    t = cfg.tiles
+    _print(cut_tiles(resolve_path(root, t.orthos), resolve_path(root, t.masks), resolve_path(root, t.out),
+                     size=t.size, overlap=t.overlap, block=t.block, split=to_dict(t.split),
+                     min_annotated=t.min_annotated, classes=list(cfg.classes), seed=int(cfg.seed)))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ilots.train import train
+
+    _print(train(_cfg(args)))
+
+
+def _train_run(root: Path, cfg: Any) -> dict[str, Any]:
+    from ilots.config import resolve_path
+    from ilots.io import read_json
+
+    return read_json(resolve_path(root, cfg.paths.experiments) / "train" / "run.json",
+                     "training record (run `ilots train` first)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ilots.bundle import load_segmenter
+    from ilots.config import project_root, resolve_path
+    from ilots.evaluate import evaluate
+    from ilots.tracking import setup_mlflow
+
+    cfg, root = _cfg(args), project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    run = _train_run(root, cfg)
+    segmenter = load_segmenter(run["model_uri"])
+    _print(evaluate(segmenter, resolve_path(root, cfg.tiles.out), resolve_path(root, cfg.evaluate.out),
+                    batch_size=int(cfg.evaluate.batch_size), ignore_index=int(cfg.ignore_index),
+                    run_id=run["run_id"]))
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from ilots.config import project_root, resolve_path
+    from ilots.io import read_json, write_json
+    from ilots.register import register
+    from ilots.tracking import setup_mlflow
+
+    cfg, root = _cfg(args), project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    run = _train_run(root, cfg)
+    metrics = read_json(resolve_path(root, cfg.evaluate.out) / "metrics.json",
+                        "evaluation metrics (run `ilots evaluate` first)")
+    result = register(run["model_uri"], float(metrics["test"]["miou"]), name=cfg.register.model_name,
+                      alias=cfg.register.alias, min_gain=float(cfg.register.min_gain), run_id=run["run_id"])
+    write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
+    _print(result)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from ilots.bundle import load_segmenter
+    from ilots.config import project_root, resolve_path
+    from ilots.io import write_json
+    from ilots.predict import predict_orthos
+    from ilots.tiles import ortho_paths
+    from ilots.tracking import setup_mlflow
+
+    cfg, root = _cfg(args), project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    inputs = [Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)]
+    orthos = [p for item in inputs for p in (ortho_paths(item) if item.is_dir() else [item])]
+    out_dir = Path(args.out) if args.out else resolve_path(root, cfg.predict.out)
+    segmenter = load_segmenter(args.model or cfg.predict.model_uri)
+    summary = predict_orthos(segmenter, orthos, out_dir, window=int(cfg.predict.window),
+                             overlap=int(cfg.predict.overlap), batch_size=int(cfg.predict.batch_size))
+    write_json(out_dir / "summary.json", {"model": args.model or cfg.predict.model_uri, "rasters": summary})
+    _print(summary)
+
+
+STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "labels": (cmd_labels, "Label Studio export -> one georeferenced mask GeoTIFF per orthophoto "
+               "(pulled from the server when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set)."),
+    "tiles": (cmd_tiles, "orthophotos + masks -> training chips with a spatially separated split."),
+    "train": (cmd_train, "train the configured segmenter; log the run and the model to MLflow."),
+    "evaluate": (cmd_evaluate, "score the trained model on the test chips: metrics JSON + confusion plot."),
+    "register": (cmd_register, "register the model in MLflow; move the champion alias if it is not worse."),
+    "predict": (cmd_predict, "the champion model on every orthophoto: one class GeoTIFF each."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ilots", description="Trees, water and roofs from orthophotos.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", metavar="FILE",
+                       help="read the composed config from FILE (params.yaml) instead of composing conf/")
+        if name == "predict":
+            p.add_argument("--model", help="MLflow model URI or bundle folder (default: predict.model_uri)")
+            p.add_argument("--out", help="output folder (default: predict.out)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("params", help="write params.yaml from conf/ (after you edit conf/)")
+    p.add_argument("--out", default="params.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_params)
+    p = sub.add_parser("sample-city", help="generate the synthetic sample city (orthophotos, labels, vectors)")
+    p.add_argument("--out", default="data", help="output folder (default: data)")
+    p.add_argument("--seed", type=int, default=20261124)
+    p.add_argument("--size", type=int, default=2048, help="orthophoto size in pixels")
+    p.add_argument("--orthos", type=int, default=2, help="number of orthophotos")
+    p.add_argument("--labeling-tile", type=int, default=512, help="labeling tile size in pixels")
+    p.set_defaults(func=cmd_sample_city)
+    return parser
+
+
+def split_inputs(args: argparse.Namespace) -> None:
+    """For predict: positional words without '=' are input rasters, the others overrides."""
+    words = list(getattr(args, "overrides", []))
+    args.inputs = [w for w in words if "=" not in w]
+    args.overrides = [w for w in words if "=" in w]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("alembic", "mlflow", "lightning", "lightning.pytorch", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    split_inputs(args)
+    if args.command != "predict" and args.inputs:
+        print(f"ilots {args.command}: error: unexpected argument(s) {args.inputs}; overrides are key=value.",
+              file=sys.stderr)
+        return 2
+    try:
+        args.func(args)
+    except IlotsError as exc:
+        print(f"ilots {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ilots {args.command}: interrupted; outputs left as they were.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The evaluate stage: the trained model on the test chips; per-class scores, confusion matrix, plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ilots.bundle import Segmenter
+from ilots.datamodule import ChipDataset
+from ilots.errors import IlotsError
+from ilots.io import atomic_path, write_json
+from ilots.metrics import confusion_matrix, scores
+
+
+def test_confusion(segmenter: Segmenter, tiles_dir: Path, batch_size: int, ignore_index: int) -> np.ndarray:
+    """Confusion matrix ``cm[true, predicted]`` of the segmenter over the test chips."""
+    # Chips are fed raw: the segmenter normalizes with its own statistics.
+    dataset = ChipDataset(tiles_dir, "test", [0.0] * segmenter.in_channels, [1.0] * segmenter.in_channels)
+    if len(dataset) == 0:
+        raise IlotsError(f"tiles folder {tiles_dir} has no test chip: rerun `ilots tiles` with a test split.")
+    n = len(segmenter.classes)
+    cm = torch.zeros(n, n, dtype=torch.long)
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        pred = segmenter.predict_proba(batch["image"]).argmax(1).cpu()
+        cm += confusion_matrix(pred, batch["mask"], n, ignore_index)
+    return cm.numpy()
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], dest: Path) -> None:
+    """Row-normalized confusion matrix as a PNG (rows: truth, columns: prediction)."""
+    with np.errstate(invalid="ignore"):
+        norm = cm / cm.sum(axis=1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(np.nan_to_num(norm)):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+    ax.set_title("Test confusion (row-normalized)")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def evaluate(segmenter: Segmenter, tiles_dir: Path, out_dir: Path, *, batch_size: int, ignore_index: int,
+             run_id: str | None = None) -> dict[str, Any]:
+    """Score the segmenter on the test split; write metrics.json and confusion.png; log them to the run."""
+    cm = test_confusion(segmenter, tiles_dir, batch_size, ignore_index)
+    result = {k: round(v, 4) if v == v else None for k, v in scores(cm, segmenter.classes).items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", {"test": result, "confusion": cm.tolist(), "classes": segmenter.classes})
+    plot_confusion(cm, segmenter.classes, out_dir / "confusion.png")
+    if run_id:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if v is not None})
+            mlflow.log_artifact(str(out_dir / "confusion.png"), "evaluation")
+            mlflow.log_dict({"classes": segmenter.classes, "confusion": cm.tolist()}, "evaluation/confusion.json")
+    return result

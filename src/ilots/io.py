@@ -1,0 +1,128 @@
+"""Raster and file I/O shared by every stage: validated opening, atomic writes.
+
+Every output is written under a temporary name beside its destination and renamed into place,
+so a crash leaves the previous output (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from ilots.errors import IlotsError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    Works for files and for directories (the block creates whichever it needs).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Read a JSON file, with a clear error when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise IlotsError(f"{what} {path} does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IlotsError(f"{what} {path} is not valid JSON ({exc}); replace it with a valid one.") from exc
+
+
+def open_georaster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
+    """Open a raster that must carry a CRS and an affine transform.
+
+    Raises:
+        IlotsError: the file is missing, unreadable, or not georeferenced.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IlotsError(f"raster {path} does not exist.")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise IlotsError(f"raster {path} cannot be read ({exc}); is it a valid GeoTIFF?") from exc
+    if src.crs is None:
+        src.close()
+        raise IlotsError(
+            f"raster {path} has no CRS: it is not georeferenced; assign one "
+            "(e.g. gdal_edit.py -a_srs EPSG:2154) or use the original GeoTIFF."
+        )
+    if src.transform.is_identity:
+        src.close()
+        raise IlotsError(
+            f"raster {path} has no geotransform: it is not georeferenced; use the original GeoTIFF."
+        )
+    return src
+
+
+def write_raster(
+    dest: str | os.PathLike[str], array: np.ndarray, profile: dict[str, Any], **tags: str
+) -> None:
+    """Write a (bands, rows, cols) or (rows, cols) array as a tiled, compressed GeoTIFF, atomically.
+
+    ``profile`` must carry at least ``crs`` and ``transform``; dtype, count and size come from
+    the array.
+    """
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    out_profile = {
+        "driver": "GTiff",
+        "compress": "deflate",
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        **{k: v for k, v in profile.items() if k not in ("driver", "blockxsize", "blockysize")},
+        "count": array.shape[0],
+        "height": array.shape[1],
+        "width": array.shape[2],
+        "dtype": array.dtype.name,
+    }
+    if out_profile["height"] < 256 or out_profile["width"] < 256:
+        out_profile["tiled"] = False
+        out_profile.pop("blockxsize")
+        out_profile.pop("blockysize")
+    with atomic_path(dest) as tmp:
+        with rasterio.open(tmp, "w", **out_profile) as dst:
+            dst.write(array)
+            if tags:
+                dst.update_tags(**tags)
