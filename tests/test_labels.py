@@ -407,7 +407,7 @@ BAD_INPUTS = {
     ),
     "off grid": (_off_grid, ["task 7", "grid"]),
     "pixel size": (_other_pixel_size, ["task 7", ORTHO]),
-    "unknown label": (_unknown_label, ["task 7", "'car'", "labels.classes", "labeling config"]),
+    "unknown label": (_unknown_label, ["task 7", "'car'", "`classes`", "labeling config"]),
     "resized image": (_resized, ["task 7", "resized"]),
     "ortho without crs": (_ortho_without_crs, ["nocrs.tif", "no CRS"]),
 }
@@ -483,7 +483,7 @@ class _Stub(BaseHTTPRequestHandler):
 def stub() -> Iterator[tuple[str, type[_Stub]]]:
     handler = type("Handler", (_Stub,), {"paths": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", handler
     server.shutdown()

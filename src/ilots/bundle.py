@@ -108,7 +108,8 @@ class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.segmenter = Segmenter.load(Path(context.artifacts["bundle"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        # No type hints here: MLflow would validate (and reject) array input against them.
         probs = self.segmenter.predict_proba(np.asarray(model_input))
         return probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
 

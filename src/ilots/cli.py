@@ -136,6 +136,38 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _print(summary)
 
 
+def cmd_summary(args: argparse.Namespace) -> None:
+    from ilots.config import project_root, resolve_path
+    from ilots.tracking import redact, tracking_uri
+
+    cfg, root = _cfg(args), project_root()
+    exp = resolve_path(root, cfg.paths.experiments)
+    lines = ["", "ilots: results"]
+    metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
+    if metrics_path.is_file():
+        test = json.loads(metrics_path.read_text())["test"]
+        ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in cfg.classes if test.get(f"iou_{c}") is not None)
+        lines.append(f"  test IoU        {ious} (mIoU {test['miou']:.3f})")
+        lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
+    registered = resolve_path(root, cfg.register.out) / "registered.json"
+    if registered.is_file():
+        reg = json.loads(registered.read_text())
+        lines.append(f"  model           {reg['name']} version {reg['version']}"
+                     f" ({'now' if reg['promoted'] else 'not'} @{cfg.register.alias};"
+                     f" champion is version {reg['champion_version']})")
+    out = resolve_path(root, cfg.predict.out)
+    rasters = sorted(out.glob("*.tif")) if out.is_dir() else []
+    lines.append(f"  predictions     {len(rasters)} class GeoTIFF(s) in {out.relative_to(root) if out.is_relative_to(root) else out}/")
+    lines += [f"                  {p.name}" for p in rasters[:10]]
+    uri = tracking_uri(cfg.logger.tracking_uri, root)
+    if uri.startswith("sqlite:"):
+        lines.append(f"  browse runs     uv run mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    else:
+        lines.append(f"  browse runs     your MLflow server at {redact(uri)}")
+    lines.append(f"  experiment      {cfg.logger.experiment_name}; all run outputs under {exp.relative_to(root)}/")
+    print("\n".join(lines))
+
+
 STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "labels": (cmd_labels, "Label Studio export -> one georeferenced mask GeoTIFF per orthophoto "
                "(pulled from the server when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set)."),
@@ -144,6 +176,7 @@ STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "evaluate": (cmd_evaluate, "score the trained model on the test chips: metrics JSON + confusion plot."),
     "register": (cmd_register, "register the model in MLflow; move the champion alias if it is not worse."),
     "predict": (cmd_predict, "the champion model on every orthophoto: one class GeoTIFF each."),
+    "summary": (cmd_summary, "print where the results are: metrics, registered model, predictions, MLflow UI."),
 }
 
 
@@ -181,12 +214,31 @@ def split_inputs(args: argparse.Namespace) -> None:
     args.overrides = [w for w in words if "=" in w]
 
 
+class _DropKnownNoise(logging.Filter):
+    """Drops third-party log lines that tell a user nothing actionable."""
+
+    NOISE = ("serialized using CloudPickle", "Failed to resolve installed pip version", "litlogger")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def configure_logging(verbose: bool) -> None:
+    """ilots logs at INFO on stderr; third-party libraries only their warnings."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_DropKnownNoise())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("ilots").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).addFilter(_DropKnownNoise())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("alembic", "mlflow", "lightning", "lightning.pytorch", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     split_inputs(args)
     if args.command != "predict" and args.inputs:
         print(f"ilots {args.command}: error: unexpected argument(s) {args.inputs}; overrides are key=value.",

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from ilots.errors import IlotsError
 
@@ -117,6 +119,9 @@ def write_raster(
         "width": array.shape[2],
         "dtype": array.dtype.name,
     }
+    if out_profile["count"] >= 3 and "photometric" not in out_profile:
+        # GDAL's default for 4 bands is RGBA: a near-infrared 4th band would be read as alpha.
+        out_profile["photometric"] = "RGB"
     if out_profile["height"] < 256 or out_profile["width"] < 256:
         out_profile["tiled"] = False
         out_profile.pop("blockxsize")
@@ -126,3 +131,30 @@ def write_raster(
             dst.write(array)
             if tags:
                 dst.update_tags(**tags)
+
+
+def data_bands(src: rasterio.DatasetReader, expected: int) -> tuple[list[int], int | None]:
+    """The band indexes holding data, and the alpha band's index if the raster has one beyond them.
+
+    A band flagged alpha counts as alpha only when it is one band more than the data expected and
+    holds only transparent/opaque values: GDAL flags the 4th band of any 4-band GeoTIFF written with
+    default options as alpha, and in an RGB + near-infrared orthophoto that band is the near-infrared.
+    """
+    if src.count == expected + 1 and src.colorinterp[-1] == ColorInterp.alpha:
+        preview = src.read(src.count, out_shape=(min(src.height, 256), min(src.width, 256)))
+        if np.isin(preview, (0, np.iinfo(preview.dtype).max if preview.dtype.kind == "u" else 1)).all():
+            return list(range(1, expected + 1)), src.count
+    return list(range(1, src.count + 1)), None
+
+
+def valid_mask(src: rasterio.DatasetReader, window: Window, bands: list[int], alpha: int | None) -> np.ndarray:
+    """Boolean mask of valid pixels: not nodata in every band, not transparent, not masked out."""
+    if alpha is not None:
+        return src.read(alpha, window=window) > 0
+    if src.nodata is not None:
+        masks = src.read_masks(bands, window=window)
+        return (masks > 0).any(axis=0)
+    flags = src.mask_flag_enums[0]
+    if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
+        return src.read_masks(1, window=window) > 0
+    return np.ones((int(window.height), int(window.width)), dtype=bool)

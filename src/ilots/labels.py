@@ -62,6 +62,7 @@ ORTHO_SUFFIXES = (".tif", ".tiff")
 
 _OFFSET_TOLERANCE_PX = 1e-3
 _PIXEL_SIZE_RTOL = 1e-6
+_COUNT_CHUNK = 1 << 22
 _DRAWN_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 _PULL_TRIES = 3
@@ -214,15 +215,15 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path) -> Path:
 def _class_index(classes: Sequence[str], priority: Sequence[str]) -> dict[str, int]:
     """Map class names to values, checking ``classes`` and ``priority`` make sense."""
     if isinstance(classes, str) or isinstance(priority, str):
-        raise IlotsError("`labels.classes` and `labels.priority` must be lists of class names.")
+        raise IlotsError("`classes` (conf/config.yaml) and `labels.priority` must be lists of class names.")
     if not classes or len(classes) >= NODATA:
-        raise IlotsError(f"`labels.classes` must list 1 to {NODATA - 1} class names.")
+        raise IlotsError(f"`classes` (conf/config.yaml) must list 1 to {NODATA - 1} class names.")
     if len(set(classes)) != len(classes):
-        raise IlotsError(f"`labels.classes` lists a class twice ({', '.join(classes)}).")
+        raise IlotsError(f"`classes` (conf/config.yaml) lists a class twice ({', '.join(classes)}).")
     unknown = [p for p in priority if p not in classes]
     if unknown:
         raise IlotsError(
-            f"`labels.priority` names {', '.join(map(repr, unknown))}, not in `labels.classes` "
+            f"`labels.priority` names {', '.join(map(repr, unknown))}, not in `classes` (conf/config.yaml) "
             f"({', '.join(classes)}): fix one of them."
         )
     return {name: value for value, name in enumerate(classes)}
@@ -299,7 +300,7 @@ def _tile(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> _Tile:
     if not crs or not isinstance(transform, list) or len(transform) not in (6, 9):
         raise IlotsError(
             f"task {task_id} has no georeference (data.crs and a 6-number data.transform): "
-            "import tiles made by `ilots` sample/tiles, which carry it."
+            "re-import its tile from the tiles `ilots` made, which carry it."
         )
     if not isinstance(ortho, str) or not ortho:
         raise IlotsError(
@@ -416,7 +417,7 @@ def _tile_window(tile: _Tile, ortho_transform: Affine, ortho_path: Path) -> tupl
             f"task {tile.task_id} has pixels of {t.a:g} x {t.e:g} but orthophoto {ortho_path.name} "
             f"has {o.a:g} x {o.e:g}: re-cut the tiles from this orthophoto at full resolution."
         )
-    col_f, row_f = ~o * (t.c, t.f)
+    col_f, row_f = ~o @ (t.c, t.f)
     col, row = round(col_f), round(row_f)
     if abs(col_f - col) > _OFFSET_TOLERANCE_PX or abs(row_f - row) > _OFFSET_TOLERANCE_PX:
         raise IlotsError(
@@ -478,7 +479,10 @@ def _paste(mask: np.ndarray, tile_mask: np.ndarray, row: int, col: int, tile: _T
 
 def _count_pixels(mask: np.ndarray, classes: Sequence[str], pixels: dict[str, int]) -> None:
     """Add the mask's per-class pixel counts to ``pixels``."""
-    counts = np.bincount(mask.ravel(), minlength=256)
+    counts = np.zeros(256, dtype=np.int64)
+    flat = mask.reshape(-1)
+    for start in range(0, flat.size, _COUNT_CHUNK):  # bincount widens to int64: bound the copy
+        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=256)
     for value, name in enumerate(classes):
         pixels[name] += int(counts[value])
     pixels["unlabeled"] += int(counts[NODATA])
@@ -512,7 +516,7 @@ def _region_labels(item: Mapping[str, Any], class_index: Mapping[str, int], task
         if label not in class_index:
             raise IlotsError(
                 f"task {task_id} uses label {label!r}, not one of the classes "
-                f"({', '.join(class_index)}): fix the labeling config or `labels.classes`."
+                f"({', '.join(class_index)}): fix the labeling config or `classes` (conf/config.yaml)."
             )
     return list(labels)
 
@@ -635,11 +639,14 @@ def _download(url: str, api_key: str, project_id: int, tmp: Path) -> None:
     """One attempt: stream the JSON export of all tasks into tmp."""
     from label_studio_sdk import LabelStudio
 
-    client = LabelStudio(base_url=url, api_key=api_key, timeout=_PULL_TIMEOUT_S, max_retries=0)
-    chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
-    with tmp.open("wb") as out:
-        for chunk in chunks:
-            out.write(chunk)
+    with httpx.Client(timeout=_PULL_TIMEOUT_S, follow_redirects=True) as http:
+        client = LabelStudio(base_url=url, api_key=api_key, httpx_client=http, max_retries=0)
+        chunks = client.projects.exports.download_sync(
+            project_id, export_type="JSON", download_all_tasks=True
+        )
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
 
 
 def _api_failure(url: str, project_id: int, exc: Exception) -> IlotsError:

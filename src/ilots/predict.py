@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from ilots.bundle import Segmenter
 from ilots.errors import IlotsError
-from ilots.io import atomic_path, open_georaster
+from ilots.io import atomic_path, data_bands, open_georaster, valid_mask
 
 NODATA = 255
 COLOURS = {
@@ -35,12 +35,12 @@ def core_windows(height: int, width: int, core: int) -> Iterator[Window]:
             yield Window(col, row, min(core, width - col), min(core, height - row))
 
 
-def read_context(src: rasterio.DatasetReader, core: Window, margin: int, size: int) -> np.ndarray:
+def read_context(src: rasterio.DatasetReader, core: Window, margin: int, size: int, bands: list[int]) -> np.ndarray:
     """The input window around ``core`` with ``margin`` pixels of context, mirrored past the raster edges."""
     row0, col0 = int(core.row_off) - margin, int(core.col_off) - margin
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + size, src.height), min(col0 + size, src.width)
-    data = src.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+    data = src.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0))
     pad = ((0, 0), (r0 - row0, row0 + size - r1), (c0 - col0, col0 + size - c1))
     return np.pad(data, pad, mode="reflect" if min(data.shape[1:]) > 1 else "edge")
 
@@ -58,9 +58,10 @@ def predict_raster(segmenter: Segmenter, src_path: Path, dest: Path, *, window: 
     if core <= 0:
         raise IlotsError(f"predict.overlap={overlap} leaves no core in predict.window={window}: lower it.")
     with open_georaster(src_path) as src:
-        if src.count != segmenter.in_channels:
+        bands, alpha = data_bands(src, segmenter.in_channels)
+        if len(bands) != segmenter.in_channels:
             raise IlotsError(
-                f"orthophoto {src_path} has {src.count} bands but the model expects {segmenter.in_channels} "
+                f"orthophoto {src_path} has {len(bands)} bands but the model expects {segmenter.in_channels} "
                 f"({', '.join(segmenter.band_names)}): use orthophotos with the bands it was trained on."
             )
         profile = {
@@ -74,12 +75,12 @@ def predict_raster(segmenter: Segmenter, src_path: Path, dest: Path, *, window: 
                 cores = list(core_windows(src.height, src.width, core))
                 for start in range(0, len(cores), batch_size):
                     batch_cores = cores[start : start + batch_size]
-                    batch = np.stack([read_context(src, c, margin, window) for c in batch_cores])
+                    batch = np.stack([read_context(src, c, margin, window, bands) for c in batch_cores])
                     classes = segmenter.predict_proba(batch).argmax(1).to("cpu").numpy().astype(np.uint8)
                     for c, pred in zip(batch_cores, classes, strict=True):
                         h, w = int(c.height), int(c.width)
                         out = pred[margin : margin + h, margin : margin + w].copy()
-                        out[src.dataset_mask(window=c) == 0] = NODATA
+                        out[~valid_mask(src, c, bands, alpha)] = NODATA
                         dst.write(out, 1, window=c)
                         counts += np.bincount(out.ravel(), minlength=256)
                 dst.write_colormap(1, colour_table(segmenter.classes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -33,3 +34,8 @@ def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None
             mlflow.create_experiment(experiment_name, artifact_location=location)
         mlflow.set_experiment(experiment_name)
     return uri
+
+
+def redact(uri: str) -> str:
+    """A tracking URI fit for logs: any ``user:password@`` part replaced by ``***@``."""
+    return re.sub(r"//[^/@]+@", "//***@", uri)

@@ -1,0 +1,78 @@
+"""Configuration: conf/ and params.yaml agree, every option builds, typos are errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ilots.config import compose, load_params, write_params
+from ilots.errors import IlotsError
+
+
+def test_committed_params_yaml_agrees_with_conf() -> None:
+    composed = OmegaConf.to_container(compose(root=REPO))
+    committed = OmegaConf.to_container(OmegaConf.load(REPO / "params.yaml"))
+    assert composed == committed, "params.yaml is stale: run `make params` and commit it"
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
+def test_every_model_option_builds_for_rgb_and_rgbnir(model: str) -> None:
+    import torch
+
+    cfg = compose([f"model={model}"], root=REPO)
+    for bands in (3, 4):
+        net = instantiate({**OmegaConf.to_container(cfg.model), "in_channels": bands, "classes": 4}).eval()
+        with torch.no_grad():
+            assert net(torch.zeros(1, bands, 64, 64)).shape == (1, 4, 64, 64)
+
+
+@pytest.mark.parametrize("group", ["loss", "optimizer", "scheduler", "trainer", "experiment"])
+def test_every_option_of_every_group_composes_and_instantiates(group: str) -> None:
+    import torch
+
+    for option in sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")):
+        cfg = compose([f"{group}={option}"], root=REPO)
+        if group == "loss":
+            loss = instantiate(cfg.loss)
+            target = torch.full((1, 8, 8), 255)
+            target[0, 0, 0] = 1
+            assert torch.isfinite(loss(torch.randn(1, 4, 8, 8), target))
+        elif group == "optimizer":
+            assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+        elif group == "scheduler" and cfg.scheduler:
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+            instantiate(cfg.scheduler)(opt).step()
+
+
+def test_unknown_key_is_an_error_naming_it() -> None:
+    with pytest.raises(IlotsError, match="trainer.max_epoch"):
+        compose(["trainer.max_epoch=3"], root=REPO)
+    with pytest.raises(IlotsError, match="unetz"):
+        compose(["model=unetz"], root=REPO)
+
+
+def test_stale_params_yaml_is_refused_outside_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert write_params(tmp_path / "params.yaml", root=tmp_path)
+    assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs > 0
+    conf = tmp_path / "conf" / "trainer" / "cpu.yaml"
+    conf.write_text(conf.read_text().replace("max_epochs: 12", "max_epochs: 13"))
+    with pytest.raises(IlotsError, match="disagrees with conf/: run `ilots params`"):
+        load_params(tmp_path / "params.yaml", root=tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # inside `dvc exp run`, DVC composed params.yaml itself
+    assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs == 12
+
+
+def test_every_stage_has_help() -> None:
+    for stage in ("labels", "tiles", "train", "evaluate", "register", "predict", "summary", "sample-city"):
+        out = subprocess.run([sys.executable, "-m", "ilots.cli", stage, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: ilots" in out.stdout, stage

@@ -1,0 +1,114 @@
+"""The stages chained in-process on a tiny sample city: labels -> tiles -> train -> evaluate ->
+register -> predict, with the real MLflow SQLite store and registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+from conftest import REPO
+
+from ilots.cli import main
+from ilots.register import register
+from ilots.sample import generate_sample_city
+
+TINY = ["experiment=tiny", "trainer.max_epochs=6"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A project whose whole pipeline ran once (module-scoped: training is the slow part)."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "conf", root / "conf")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        mp.delenv(var, raising=False)
+    sample = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)
+    for stage in ("labels", "tiles", "train", "evaluate", "register", "predict"):
+        assert main([stage, *TINY]) == 0, stage
+    yield {"root": root, "sample": sample}
+    mp.undo()
+
+
+def test_masks_are_on_the_ortho_grid(trained: dict) -> None:
+    root = trained["root"]
+    for ortho in sorted((root / "data" / "orthos").glob("*.tif")):
+        with rasterio.open(ortho) as o, rasterio.open(root / "experiments" / "masks" / ortho.name) as m:
+            assert (m.crs, m.transform, m.shape, m.nodata) == (o.crs, o.transform, o.shape, 255)
+            values = set(np.unique(m.read(1)).tolist())
+            assert values <= {0, 1, 2, 3, 255} and {0, 255} < values
+
+
+def test_predictions_carry_georeference_and_learn_the_city(trained: dict) -> None:
+    root, truth = trained["root"], trained["sample"]["truth"]
+    orthos = sorted((root / "data" / "orthos").glob("*.tif"))
+    agree = []
+    for ortho, true in zip(orthos, truth, strict=True):
+        with rasterio.open(ortho) as o, rasterio.open(root / "experiments" / "predictions" / ortho.name) as p:
+            assert (p.crs, p.transform, p.shape, p.dtypes[0]) == (o.crs, o.transform, o.shape, "uint8")
+            agree.append(p.read(1) == true)
+    accuracy = float(np.mean(agree))
+    assert accuracy > 0.6, f"pixel accuracy {accuracy:.2f} after a tiny training"
+
+
+def test_run_is_tracked_and_champion_registered(trained: dict) -> None:
+    root = trained["root"]
+    metrics = json.loads((root / "experiments" / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"iou_tree", "iou_water", "iou_roof", "f1_roof", "precision_tree", "miou"}
+    assert np.asarray(metrics["confusion"]).shape == (4, 4)
+    assert (root / "experiments" / "evaluate" / "confusion.png").stat().st_size > 1000
+    run = json.loads((root / "experiments" / "train" / "run.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    logged = mlflow.get_run(run["run_id"])
+    assert logged.data.params["model.encoder_name"] == "resnet18"
+    assert "val/iou_roof" in logged.data.metrics and "test_miou" in logged.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss_epoch")
+    assert len(history) == 6
+    champion = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
+    assert int(champion.version) == 1
+    model = mlflow.pyfunc.load_model("models:/ilots-segmenter@champion")
+    assert model.metadata.metadata["classes"] == ["background", "tree", "water", "roof"]
+    window = np.zeros((1, 4, 64, 64), np.uint8)
+    assert model.predict(window).shape == (1, 64, 64)
+
+
+def test_worse_model_is_registered_but_not_champion(trained: dict) -> None:
+    root = trained["root"]
+    run = json.loads((root / "experiments" / "train" / "run.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    champion = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
+    worse = register(run["model_uri"], -1.0, name="ilots-segmenter", alias="champion", min_gain=0.0)
+    assert not worse["promoted"] and worse["champion_version"] == int(champion.version)
+    better = register(run["model_uri"], 2.0, name="ilots-segmenter", alias="champion", min_gain=0.0)
+    assert better["promoted"]
+    now = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
+    assert int(now.version) == better["version"]
+
+
+def test_bad_export_fails_with_one_sentence_and_keeps_masks(trained: dict, capsys: pytest.CaptureFixture) -> None:
+    root = trained["root"]
+    masks = {p.name: p.read_bytes() for p in (root / "experiments" / "masks").glob("*.tif")}
+    export = root / "data" / "labels" / "export.json"
+    saved = export.read_text()
+    tasks = json.loads(saved)
+    annotated = next(t for t in tasks if t["annotations"] and not t["annotations"][0]["was_cancelled"])
+    result = next(r for r in annotated["annotations"][0]["result"] if "value" in r)
+    for key in ("brushlabels", "polygonlabels", "rectanglelabels"):
+        if key in result["value"]:
+            result["value"][key] = ["parking"]
+    try:
+        export.write_text(json.dumps(tasks))
+        capsys.readouterr()
+        assert main(["labels", *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "parking" in err and str(annotated["id"]) in err and len(err.splitlines()) == 1
+    finally:
+        export.write_text(saved)
+    assert {p.name: p.read_bytes() for p in (root / "experiments" / "masks").glob("*.tif")} == masks
