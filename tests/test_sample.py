@@ -117,6 +117,15 @@ def test_render_scene_returns_image_and_truth(scene: tuple[np.ndarray, np.ndarra
     assert np.array_equal(image, again)
 
 
+def test_generate_writes_what_render_scene_draws(tmp_path: Path) -> None:
+    city = generate_sample_city(tmp_path, seed=11, size=SIZE, labeling_tile=TILE, n_orthos=1,
+                                return_truth=True)
+    image, truth = render_scene(np.random.default_rng(11), SIZE)
+    with rasterio.open(city["orthos"][0]) as src:
+        assert np.array_equal(src.read(), image)
+    assert np.array_equal(city["truth"][0], truth)
+
+
 def test_class_proportions_are_plausible(city: dict, scene: tuple[np.ndarray, np.ndarray]) -> None:
     share = np.bincount(scene[1].ravel(), minlength=4) / scene[1].size
     assert 0.15 < share[3] < 0.5, share  # roofs

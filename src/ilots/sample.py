@@ -233,7 +233,9 @@ def _blocks_from(
     return blocks
 
 
-def _add_tree(city: _City, rng: np.random.Generator, cx: float, cy: float, radius_m: float):
+def _add_tree(
+    city: _City, rng: np.random.Generator, cx: float, cy: float, radius_m: float
+) -> None:
     """Add one crown of ``radius_m`` metres centred on (cx, cy)."""
     colour = _pick(rng, dict(_SPECIES))
     tone = rng.uniform(0.9, 1.1, 4)
