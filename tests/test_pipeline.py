@@ -17,7 +17,7 @@ from ilots.cli import main
 from ilots.register import register
 from ilots.sample import generate_sample_city
 
-TINY = ["experiment=tiny", "trainer.max_epochs=6"]
+TINY = ["experiment=tiny"]
 
 
 @pytest.fixture(scope="module")
