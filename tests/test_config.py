@@ -44,20 +44,24 @@ def test_every_option_of_every_group_composes_and_instantiates(group: str) -> No
             target[0, 0, 0] = 1
             assert torch.isfinite(loss(torch.randn(1, 4, 8, 8), target))
         elif group == "optimizer":
-            assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+            assert isinstance(
+                instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer
+            )
         elif group == "scheduler" and cfg.scheduler:
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
             instantiate(cfg.scheduler)(opt).step()
 
 
 def test_unknown_key_is_an_error_naming_it() -> None:
-    with pytest.raises(IlotsError, match="trainer.max_epoch"):
+    with pytest.raises(IlotsError, match=r"trainer\.max_epoch"):
         compose(["trainer.max_epoch=3"], root=REPO)
     with pytest.raises(IlotsError, match="unetz"):
         compose(["model=unetz"], root=REPO)
 
 
-def test_stale_params_yaml_is_refused_outside_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_params_yaml_is_refused_outside_experiments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     shutil.copytree(REPO / "conf", tmp_path / "conf")
@@ -66,7 +70,7 @@ def test_stale_params_yaml_is_refused_outside_experiments(tmp_path: Path, monkey
     assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs > 0
     conf = tmp_path / "conf" / "trainer" / "cpu.yaml"
     conf.write_text(conf.read_text().replace("max_epochs: 12", "max_epochs: 13"))
-    with pytest.raises(IlotsError, match="disagrees with conf/: run `ilots params`"):
+    with pytest.raises(IlotsError, match=r"disagrees with conf/: run `ilots params`"):
         load_params(tmp_path / "params.yaml", root=tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # inside `dvc exp run`, DVC composed params.yaml itself
     assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs == 12
@@ -74,5 +78,7 @@ def test_stale_params_yaml_is_refused_outside_experiments(tmp_path: Path, monkey
 
 def test_every_stage_has_help() -> None:
     for stage in ("labels", "tiles", "train", "evaluate", "register", "predict", "summary", "sample-city"):
-        out = subprocess.run([sys.executable, "-m", "ilots.cli", stage, "--help"], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "ilots.cli", stage, "--help"], capture_output=True, text=True
+        )
         assert out.returncode == 0 and "usage: ilots" in out.stdout, stage

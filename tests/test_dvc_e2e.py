@@ -34,12 +34,24 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     config = root / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABEL_STUDIO_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t",
-               GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.org",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.org",
+    )
     truth = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)["truth"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["dvc", "config", "hydra.enabled", "true"], ["ilots", "params"], ["dvc", "add", "-q", "data"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "tiny city"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["dvc", "config", "hydra.enabled", "true"],
+        ["ilots", "params"],
+        ["dvc", "add", "-q", "data"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny city"],
+    ):
         run(cmd, root, env)
     run(["dvc", "repro"], root, env)
     return root, env, truth
@@ -61,7 +73,9 @@ def test_repro_predicts_georeferenced_rasters_with_known_classes(repo: tuple) ->
             totals[value] += int(core.sum())
     for value, name in ((1, "tree"), (2, "water"), (3, "roof")):
         if totals[value]:
-            assert hits[value] / totals[value] > 0.5, f"{name}: {hits[value]}/{totals[value]} known pixels right"
+            assert hits[value] / totals[value] > 0.5, (
+                f"{name}: {hits[value]}/{totals[value]} known pixels right"
+            )
 
 
 def test_repro_with_nothing_changed_does_nothing(repo: tuple) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -92,7 +91,9 @@ def test_worse_model_is_registered_but_not_champion(trained: dict) -> None:
     assert int(now.version) == better["version"]
 
 
-def test_bad_export_fails_with_one_sentence_and_keeps_masks(trained: dict, capsys: pytest.CaptureFixture) -> None:
+def test_bad_export_fails_with_one_sentence_and_keeps_masks(
+    trained: dict, capsys: pytest.CaptureFixture
+) -> None:
     root = trained["root"]
     masks = {p.name: p.read_bytes() for p in (root / "experiments" / "masks").glob("*.tif")}
     export = root / "data" / "labels" / "export.json"

@@ -1,4 +1,4 @@
-"""The predict stage: seamless windows, georeference and nodata carried, clear errors, nothing half-written."""
+"""The predict stage: seamless windows, georeference and nodata carried, clear errors, no half output."""
 
 from __future__ import annotations
 
@@ -36,23 +36,33 @@ class Constant(nn.Module):
 
 
 def segmenter(net: nn.Module, bands: int = 4) -> Segmenter:
-    meta = {"classes": CLASSES, "band_names": [f"b{i}" for i in range(bands)], "mean": [0.0] * bands,
-            "std": [1.0] * bands, "tile_size": 64, "net": {}}
+    meta = {
+        "classes": CLASSES,
+        "band_names": [f"b{i}" for i in range(bands)],
+        "mean": [0.0] * bands,
+        "std": [1.0] * bands,
+        "tile_size": 64,
+        "net": {},
+    }
     return Segmenter(net, meta)
 
 
-def ortho(tmp_path: Path, height: int = 150, width: int = 170, nodata: float | None = None) -> tuple[Path, np.ndarray]:
+def ortho(
+    tmp_path: Path, height: int = 150, width: int = 170, nodata: float | None = None
+) -> tuple[Path, np.ndarray]:
     rng = np.random.default_rng(3)
     image = rng.integers(0, 250, (4, height, width), dtype=np.uint8)
     return write_ortho(tmp_path / "in.tif", image, nodata=nodata), image
 
 
 @pytest.mark.parametrize(("window", "overlap", "batch"), [(64, 16, 1), (64, 32, 3), (96, 0, 2), (256, 32, 4)])
-def test_pixel_function_is_reconstructed_exactly_across_windows(tmp_path: Path, window: int, overlap: int,
-                                                                 batch: int) -> None:
+def test_pixel_function_is_reconstructed_exactly_across_windows(
+    tmp_path: Path, window: int, overlap: int, batch: int
+) -> None:
     src, image = ortho(tmp_path)
-    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", window=window, overlap=overlap,
-                   batch_size=batch)
+    predict_raster(
+        segmenter(PixelRule()), src, tmp_path / "out.tif", window=window, overlap=overlap, batch_size=batch
+    )
     with rasterio.open(tmp_path / "out.tif") as out:
         np.testing.assert_array_equal(out.read(1), image[0] % 4)
 
@@ -83,8 +93,9 @@ def test_input_nodata_becomes_output_nodata(tmp_path: Path) -> None:
 def test_band_count_mismatch_is_clear_and_writes_nothing(tmp_path: Path) -> None:
     src, _ = ortho(tmp_path)
     with pytest.raises(IlotsError, match=r"in\.tif has 4 bands but the model expects 3"):
-        predict_raster(segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16,
-                       batch_size=1)
+        predict_raster(
+            segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=1
+        )
     assert list(tmp_path.iterdir()) == [src]
 
 
@@ -102,8 +113,9 @@ def test_alpha_band_beyond_the_model_bands_masks_output(tmp_path: Path) -> None:
     image[3] = 255
     image[3, 50:, 60:] = 0
     src = write_ortho(tmp_path / "rgba.tif", image)  # GDAL's default: 4th band flagged alpha
-    predict_raster(segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16,
-                   batch_size=2)
+    predict_raster(
+        segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=2
+    )
     with rasterio.open(tmp_path / "out.tif") as out:
         classes = out.read(1)
     assert (classes[50:, 60:] == 255).all() and (classes[:50] == 2).all()

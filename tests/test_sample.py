@@ -69,8 +69,9 @@ def _annotation_classes(annotation: dict, height: int, width: int) -> np.ndarray
 def _tile_truth(city: dict, task: dict) -> np.ndarray:
     k = [p.name for p in city["orthos"]].index(task["data"]["ortho"])
     w = task["data"]["window"]
-    return city["truth"][k][w["row_off"]:w["row_off"] + w["height"],
-                            w["col_off"]:w["col_off"] + w["width"]]
+    return city["truth"][k][
+        w["row_off"] : w["row_off"] + w["height"], w["col_off"] : w["col_off"] + w["width"]
+    ]
 
 
 def _local_std(band: np.ndarray, size: int = 5) -> np.ndarray:
@@ -118,8 +119,9 @@ def test_render_scene_returns_image_and_truth(scene: tuple[np.ndarray, np.ndarra
 
 
 def test_generate_writes_what_render_scene_draws(tmp_path: Path) -> None:
-    city = generate_sample_city(tmp_path, seed=11, size=SIZE, labeling_tile=TILE, n_orthos=1,
-                                return_truth=True)
+    city = generate_sample_city(
+        tmp_path, seed=11, size=SIZE, labeling_tile=TILE, n_orthos=1, return_truth=True
+    )
     image, truth = render_scene(np.random.default_rng(11), SIZE)
     with rasterio.open(city["orthos"][0]) as src:
         assert np.array_equal(src.read(), image)
@@ -161,8 +163,9 @@ def test_export_is_a_label_studio_task_list(city: dict, tasks: list[dict]) -> No
         w = data["window"]
         assert (w["width"], w["height"]) == (TILE, TILE)
         with rasterio.open(names[data["ortho"]]) as src:
-            expected = src.window_transform(rasterio.windows.Window(
-                w["col_off"], w["row_off"], w["width"], w["height"]))
+            expected = src.window_transform(
+                rasterio.windows.Window(w["col_off"], w["row_off"], w["width"], w["height"])
+            )
         assert data["transform"] == pytest.approx(list(expected)[:6])
     annotated = [t for t in tasks if _final_annotation(t)]
     assert len(annotated) == round(0.6 * len(tasks)) == city["annotated_tasks"]
@@ -212,8 +215,7 @@ def test_brush_rle_round_trips() -> None:
 
 def test_reference_vectors_are_shifted_and_outdated(tmp_path: Path) -> None:
     size = 640  # big enough for several blocks, so that the shift is visible in x and y
-    city = generate_sample_city(tmp_path, size=size, labeling_tile=320, n_orthos=1,
-                                return_truth=True)
+    city = generate_sample_city(tmp_path, size=size, labeling_tile=320, n_orthos=1, return_truth=True)
     buildings = gpd.read_file(city["buildings"], layer="buildings", engine="pyogrio")
     water = gpd.read_file(city["water"], layer="water", engine="pyogrio")
     assert buildings.crs.to_epsg() == 2154 and water.crs.to_epsg() == 2154
@@ -241,8 +243,7 @@ def test_readme_says_the_data_are_synthetic(city: dict) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"size": 32}, {"n_orthos": 0}, {"labeling_tile": 512, "size": 256},
-     {"annotated_fraction": 1.5}],
+    [{"size": 32}, {"n_orthos": 0}, {"labeling_tile": 512, "size": 256}, {"annotated_fraction": 1.5}],
 )
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(IlotsError):

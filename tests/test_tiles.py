@@ -28,8 +28,16 @@ def make_inputs(root: Path, size: int = 256, annotated_rows: int = 256) -> tuple
 
 def cut(root: Path, **kwargs: object) -> dict:
     orthos, masks = root / "orthos", root / "masks"
-    options = {"size": 32, "overlap": 8, "block": 64, "split": {"train": 0.6, "val": 0.2, "test": 0.2},
-               "min_annotated": 0.01, "classes": CLASSES, "seed": 1, **kwargs}
+    options = {
+        "size": 32,
+        "overlap": 8,
+        "block": 64,
+        "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+        "min_annotated": 0.01,
+        "classes": CLASSES,
+        "seed": 1,
+        **kwargs,
+    }
     return cut_tiles(orthos, masks, root / "tiles", **options)  # type: ignore[arg-type]
 
 
@@ -53,7 +61,9 @@ def test_chips_are_georeferenced_and_splits_never_share_ground(tmp_path: Path) -
                     for fb in footprints[b]:
                         overlap_x = min(fa[2], fb[2]) - max(fa[0], fb[0])
                         overlap_y = min(fa[3], fb[3]) - max(fa[1], fb[1])
-                        assert overlap_x <= 1e-6 or overlap_y <= 1e-6, f"{a} and {b} chips overlap on the ground"
+                        assert overlap_x <= 1e-6 or overlap_y <= 1e-6, (
+                            f"{a} and {b} chips overlap on the ground"
+                        )
 
 
 def test_unannotated_ground_gives_no_chip_and_stats_are_per_band(tmp_path: Path) -> None:

@@ -87,8 +87,13 @@ class Segmenter:
         return cls(net, meta)
 
 
-def make_meta(net_config: Mapping[str, Any], classes: Sequence[str], band_names: Sequence[str],
-              stats: Mapping[str, Sequence[float]], tile_size: int) -> dict[str, Any]:
+def make_meta(
+    net_config: Mapping[str, Any],
+    classes: Sequence[str],
+    band_names: Sequence[str],
+    stats: Mapping[str, Sequence[float]],
+    tile_size: int,
+) -> dict[str, Any]:
     """The metadata a bundle carries."""
     return {
         "format": "ilots-segmenter/1",

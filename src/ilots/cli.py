@@ -33,8 +33,15 @@ def _print(summary: Any) -> None:
 def cmd_sample_city(args: argparse.Namespace) -> None:
     from ilots.sample import generate_sample_city
 
-    _print(generate_sample_city(Path(args.out), seed=args.seed, size=args.size, n_orthos=args.orthos,
-                                labeling_tile=args.labeling_tile))
+    _print(
+        generate_sample_city(
+            Path(args.out),
+            seed=args.seed,
+            size=args.size,
+            n_orthos=args.orthos,
+            labeling_tile=args.labeling_tile,
+        )
+    )
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -55,8 +62,15 @@ def cmd_labels(args: argparse.Namespace) -> None:
     if url and key:
         log.info("pulling the export of project %s from %s", cfg.labels.project_id, url)
         pull_export(url, key, int(cfg.labels.project_id), export)
-    _print(build_masks(export, resolve_path(root, cfg.labels.orthos), resolve_path(root, cfg.labels.out),
-                       classes=list(cfg.classes), priority=list(cfg.labels.priority)))
+    _print(
+        build_masks(
+            export,
+            resolve_path(root, cfg.labels.orthos),
+            resolve_path(root, cfg.labels.out),
+            classes=list(cfg.classes),
+            priority=list(cfg.labels.priority),
+        )
+    )
 
 
 def cmd_tiles(args: argparse.Namespace) -> None:
@@ -65,9 +79,20 @@ def cmd_tiles(args: argparse.Namespace) -> None:
 
     cfg, root = _cfg(args), project_root()
     t = cfg.tiles
-    _print(cut_tiles(resolve_path(root, t.orthos), resolve_path(root, t.masks), resolve_path(root, t.out),
-                     size=t.size, overlap=t.overlap, block=t.block, split=to_dict(t.split),
-                     min_annotated=t.min_annotated, classes=list(cfg.classes), seed=int(cfg.seed)))
+    _print(
+        cut_tiles(
+            resolve_path(root, t.orthos),
+            resolve_path(root, t.masks),
+            resolve_path(root, t.out),
+            size=t.size,
+            overlap=t.overlap,
+            block=t.block,
+            split=to_dict(t.split),
+            min_annotated=t.min_annotated,
+            classes=list(cfg.classes),
+            seed=int(cfg.seed),
+        )
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -80,8 +105,10 @@ def _train_run(root: Path, cfg: Any) -> dict[str, Any]:
     from ilots.config import resolve_path
     from ilots.io import read_json
 
-    return read_json(resolve_path(root, cfg.paths.experiments) / "train" / "run.json",
-                     "training record (run `ilots train` first)")
+    return read_json(
+        resolve_path(root, cfg.paths.experiments) / "train" / "run.json",
+        "training record (run `ilots train` first)",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -94,9 +121,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     setup_mlflow(cfg.logger.tracking_uri, root)
     run = _train_run(root, cfg)
     segmenter = load_segmenter(run["model_uri"])
-    _print(evaluate(segmenter, resolve_path(root, cfg.tiles.out), resolve_path(root, cfg.evaluate.out),
-                    batch_size=int(cfg.evaluate.batch_size), ignore_index=int(cfg.ignore_index),
-                    run_id=run["run_id"]))
+    _print(
+        evaluate(
+            segmenter,
+            resolve_path(root, cfg.tiles.out),
+            resolve_path(root, cfg.evaluate.out),
+            batch_size=int(cfg.evaluate.batch_size),
+            ignore_index=int(cfg.ignore_index),
+            run_id=run["run_id"],
+        )
+    )
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -108,10 +142,18 @@ def cmd_register(args: argparse.Namespace) -> None:
     cfg, root = _cfg(args), project_root()
     setup_mlflow(cfg.logger.tracking_uri, root)
     run = _train_run(root, cfg)
-    metrics = read_json(resolve_path(root, cfg.evaluate.out) / "metrics.json",
-                        "evaluation metrics (run `ilots evaluate` first)")
-    result = register(run["model_uri"], float(metrics["test"]["miou"]), name=cfg.register.model_name,
-                      alias=cfg.register.alias, min_gain=float(cfg.register.min_gain), run_id=run["run_id"])
+    metrics = read_json(
+        resolve_path(root, cfg.evaluate.out) / "metrics.json",
+        "evaluation metrics (run `ilots evaluate` first)",
+    )
+    result = register(
+        run["model_uri"],
+        float(metrics["test"]["miou"]),
+        name=cfg.register.model_name,
+        alias=cfg.register.alias,
+        min_gain=float(cfg.register.min_gain),
+        run_id=run["run_id"],
+    )
     write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
     _print(result)
 
@@ -130,8 +172,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     orthos = [p for item in inputs for p in (ortho_paths(item) if item.is_dir() else [item])]
     out_dir = Path(args.out) if args.out else resolve_path(root, cfg.predict.out)
     segmenter = load_segmenter(args.model or cfg.predict.model_uri)
-    summary = predict_orthos(segmenter, orthos, out_dir, window=int(cfg.predict.window),
-                             overlap=int(cfg.predict.overlap), batch_size=int(cfg.predict.batch_size))
+    summary = predict_orthos(
+        segmenter,
+        orthos,
+        out_dir,
+        window=int(cfg.predict.window),
+        overlap=int(cfg.predict.overlap),
+        batch_size=int(cfg.predict.batch_size),
+    )
     write_json(out_dir / "summary.json", {"model": args.model or cfg.predict.model_uri, "rasters": summary})
     _print(summary)
 
@@ -146,37 +194,52 @@ def cmd_summary(args: argparse.Namespace) -> None:
     metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
     if metrics_path.is_file():
         test = json.loads(metrics_path.read_text())["test"]
-        ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in cfg.classes if test.get(f"iou_{c}") is not None)
+        ious = ", ".join(
+            f"{c} {test[f'iou_{c}']:.3f}" for c in cfg.classes if test.get(f"iou_{c}") is not None
+        )
         lines.append(f"  test IoU        {ious} (mIoU {test['miou']:.3f})")
         lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
     registered = resolve_path(root, cfg.register.out) / "registered.json"
     if registered.is_file():
         reg = json.loads(registered.read_text())
-        lines.append(f"  model           {reg['name']} version {reg['version']}"
-                     f" ({'now' if reg['promoted'] else 'not'} @{cfg.register.alias};"
-                     f" champion is version {reg['champion_version']})")
+        lines.append(
+            f"  model           {reg['name']} version {reg['version']}"
+            f" ({'now' if reg['promoted'] else 'not'} @{cfg.register.alias};"
+            f" champion is version {reg['champion_version']})"
+        )
     out = resolve_path(root, cfg.predict.out)
     rasters = sorted(out.glob("*.tif")) if out.is_dir() else []
-    lines.append(f"  predictions     {len(rasters)} class GeoTIFF(s) in {out.relative_to(root) if out.is_relative_to(root) else out}/")
+    shown = out.relative_to(root) if out.is_relative_to(root) else out
+    lines.append(f"  predictions     {len(rasters)} class GeoTIFF(s) in {shown}/")
     lines += [f"                  {p.name}" for p in rasters[:10]]
     uri = tracking_uri(cfg.logger.tracking_uri, root)
     if uri.startswith("sqlite:"):
-        lines.append(f"  browse runs     uv run mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+        lines.append(
+            f"  browse runs     uv run mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+        )
     else:
         lines.append(f"  browse runs     your MLflow server at {redact(uri)}")
-    lines.append(f"  experiment      {cfg.logger.experiment_name}; all run outputs under {exp.relative_to(root)}/")
+    lines.append(
+        f"  experiment      {cfg.logger.experiment_name}; all run outputs under {exp.relative_to(root)}/"
+    )
     print("\n".join(lines))
 
 
 STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
-    "labels": (cmd_labels, "Label Studio export -> one georeferenced mask GeoTIFF per orthophoto "
-               "(pulled from the server when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set)."),
+    "labels": (
+        cmd_labels,
+        "Label Studio export -> one georeferenced mask GeoTIFF per orthophoto "
+        "(pulled from the server when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set).",
+    ),
     "tiles": (cmd_tiles, "orthophotos + masks -> training chips with a spatially separated split."),
     "train": (cmd_train, "train the configured segmenter; log the run and the model to MLflow."),
     "evaluate": (cmd_evaluate, "score the trained model on the test chips: metrics JSON + confusion plot."),
     "register": (cmd_register, "register the model in MLflow; move the champion alias if it is not worse."),
     "predict": (cmd_predict, "the champion model on every orthophoto: one class GeoTIFF each."),
-    "summary": (cmd_summary, "print where the results are: metrics, registered model, predictions, MLflow UI."),
+    "summary": (
+        cmd_summary,
+        "print where the results are: metrics, registered model, predictions, MLflow UI.",
+    ),
 }
 
 
@@ -186,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--params", metavar="FILE",
-                       help="read the composed config from FILE (params.yaml) instead of composing conf/")
+        p.add_argument(
+            "--params",
+            metavar="FILE",
+            help="read the composed config from FILE (params.yaml) instead of composing conf/",
+        )
         if name == "predict":
             p.add_argument("--model", help="MLflow model URI or bundle folder (default: predict.model_uri)")
             p.add_argument("--out", help="output folder (default: predict.out)")
@@ -197,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="params.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_params)
-    p = sub.add_parser("sample-city", help="generate the synthetic sample city (orthophotos, labels, vectors)")
+    p = sub.add_parser(
+        "sample-city", help="generate the synthetic sample city (orthophotos, labels, vectors)"
+    )
     p.add_argument("--out", default="data", help="output folder (default: data)")
     p.add_argument("--seed", type=int, default=20261124)
     p.add_argument("--size", type=int, default=2048, help="orthophoto size in pixels")
@@ -241,8 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     split_inputs(args)
     if args.command != "predict" and args.inputs:
-        print(f"ilots {args.command}: error: unexpected argument(s) {args.inputs}; overrides are key=value.",
-              file=sys.stderr)
+        print(
+            f"ilots {args.command}: error: unexpected argument(s) {args.inputs}; overrides are key=value.",
+            file=sys.stderr,
+        )
         return 2
     try:
         args.func(args)

@@ -62,7 +62,9 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise IlotsError(f"configuration error in {conf_dir} with overrides {list(overrides)}: {exc}") from exc
+        raise IlotsError(
+            f"configuration error in {conf_dir} with overrides {list(overrides)}: {exc}"
+        ) from exc
     OmegaConf.set_struct(cfg, True)
     return cfg
 

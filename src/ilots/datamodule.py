@@ -18,28 +18,39 @@ from ilots.io import read_json
 
 
 def build_augmentation(augment: Mapping[str, float]) -> tuple[A.Compose, A.Compose]:
-    """Geometric transforms (all bands + mask) and photometric ones (visible bands only: NIR stays physical)."""
+    """Geometric transforms (all bands + mask) and photometric ones (visible bands only: NIR stays
+    physical)."""
     known = {"hflip", "vflip", "rot90", "brightness_contrast", "noise"}
     unknown = set(augment) - known
     if unknown:
         raise IlotsError(f"data.augment has unknown option(s) {sorted(unknown)}; known: {sorted(known)}.")
-    geometric = A.Compose([
-        A.HorizontalFlip(p=augment.get("hflip", 0.0)),
-        A.VerticalFlip(p=augment.get("vflip", 0.0)),
-        A.RandomRotate90(p=augment.get("rot90", 0.0)),
-    ])
-    photometric = A.Compose([
-        A.RandomBrightnessContrast(0.15, 0.15, p=augment.get("brightness_contrast", 0.0)),
-        A.GaussNoise(std_range=(0.01, 0.04), p=augment.get("noise", 0.0)),
-    ])
+    geometric = A.Compose(
+        [
+            A.HorizontalFlip(p=augment.get("hflip", 0.0)),
+            A.VerticalFlip(p=augment.get("vflip", 0.0)),
+            A.RandomRotate90(p=augment.get("rot90", 0.0)),
+        ]
+    )
+    photometric = A.Compose(
+        [
+            A.RandomBrightnessContrast(0.15, 0.15, p=augment.get("brightness_contrast", 0.0)),
+            A.GaussNoise(std_range=(0.01, 0.04), p=augment.get("noise", 0.0)),
+        ]
+    )
     return geometric, photometric
 
 
 class ChipDataset(Dataset[dict[str, torch.Tensor]]):
     """The chips of one split as ``{"image": float (C, H, W) normalized, "mask": long (H, W)}``."""
 
-    def __init__(self, tiles_dir: Path, split: str, mean: list[float], std: list[float],
-                 augment: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        tiles_dir: Path,
+        split: str,
+        mean: list[float],
+        std: list[float],
+        augment: Mapping[str, float] | None = None,
+    ) -> None:
         index = read_json(tiles_dir / "index.json", "tiles index")
         self.paths = [tiles_dir / split / c["id"] for c in index["chips"] if c["split"] == split]
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
@@ -72,8 +83,13 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
 class ChipDataModule(L.LightningDataModule):
     """Train/val/test loaders over the tiles folder, with its normalization statistics."""
 
-    def __init__(self, tiles_dir: str, batch_size: int = 8, num_workers: int = 0,
-                 augment: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        tiles_dir: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.tiles_dir = Path(tiles_dir)
         self.batch_size = batch_size
@@ -90,8 +106,9 @@ class ChipDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, augment: bool = False) -> ChipDataset:
         """The dataset of one split."""
-        return ChipDataset(self.tiles_dir, split, self.stats["mean"], self.stats["std"],
-                           self.augment if augment else None)
+        return ChipDataset(
+            self.tiles_dir, split, self.stats["mean"], self.stats["std"], self.augment if augment else None
+        )
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         return self._loader("train", shuffle=True)
@@ -103,5 +120,10 @@ class ChipDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[dict[str, torch.Tensor]]:
-        return DataLoader(self.dataset(split, augment=shuffle), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.dataset(split, augment=shuffle),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

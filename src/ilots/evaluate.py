@@ -55,17 +55,28 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], dest: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(segmenter: Segmenter, tiles_dir: Path, out_dir: Path, *, batch_size: int, ignore_index: int,
-             run_id: str | None = None) -> dict[str, Any]:
+def evaluate(
+    segmenter: Segmenter,
+    tiles_dir: Path,
+    out_dir: Path,
+    *,
+    batch_size: int,
+    ignore_index: int,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Score the segmenter on the test split; write metrics.json and confusion.png; log them to the run."""
     cm = test_confusion(segmenter, tiles_dir, batch_size, ignore_index)
     result = {k: round(v, 4) if v == v else None for k, v in scores(cm, segmenter.classes).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", {"test": result, "confusion": cm.tolist(), "classes": segmenter.classes})
+    write_json(
+        out_dir / "metrics.json", {"test": result, "confusion": cm.tolist(), "classes": segmenter.classes}
+    )
     plot_confusion(cm, segmenter.classes, out_dir / "confusion.png")
     if run_id:
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if v is not None})
             mlflow.log_artifact(str(out_dir / "confusion.png"), "evaluation")
-            mlflow.log_dict({"classes": segmenter.classes, "confusion": cm.tolist()}, "evaluation/confusion.json")
+            mlflow.log_dict(
+                {"classes": segmenter.classes, "confusion": cm.tolist()}, "evaluation/confusion.json"
+            )
     return result

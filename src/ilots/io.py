@@ -147,7 +147,9 @@ def data_bands(src: rasterio.DatasetReader, expected: int) -> tuple[list[int], i
     return list(range(1, src.count + 1)), None
 
 
-def valid_mask(src: rasterio.DatasetReader, window: Window, bands: list[int], alpha: int | None) -> np.ndarray:
+def valid_mask(
+    src: rasterio.DatasetReader, window: Window, bands: list[int], alpha: int | None
+) -> np.ndarray:
     """Boolean mask of valid pixels: not nodata in every band, not transparent, not masked out."""
     if alpha is not None:
         return src.read(alpha, window=window) > 0

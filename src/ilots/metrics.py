@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int
+) -> torch.Tensor:
     """Counts ``cm[true, predicted]`` over the pixels whose target is not ``ignore_index``."""
     keep = target != ignore_index
     flat = target[keep].long() * n_classes + pred[keep].long()

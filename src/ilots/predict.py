@@ -35,7 +35,9 @@ def core_windows(height: int, width: int, core: int) -> Iterator[Window]:
             yield Window(col, row, min(core, width - col), min(core, height - row))
 
 
-def read_context(src: rasterio.DatasetReader, core: Window, margin: int, size: int, bands: list[int]) -> np.ndarray:
+def read_context(
+    src: rasterio.DatasetReader, core: Window, margin: int, size: int, bands: list[int]
+) -> np.ndarray:
     """The input window around ``core`` with ``margin`` pixels of context, mirrored past the raster edges."""
     row0, col0 = int(core.row_off) - margin, int(core.col_off) - margin
     r0, c0 = max(row0, 0), max(col0, 0)
@@ -50,8 +52,9 @@ def colour_table(classes: Sequence[str]) -> dict[int, tuple[int, int, int, int]]
     return {i: COLOURS.get(name, (128, 128, 128, 255)) for i, name in enumerate(classes)}
 
 
-def predict_raster(segmenter: Segmenter, src_path: Path, dest: Path, *, window: int, overlap: int,
-                   batch_size: int) -> dict[str, int]:
+def predict_raster(
+    segmenter: Segmenter, src_path: Path, dest: Path, *, window: int, overlap: int, batch_size: int
+) -> dict[str, int]:
     """Predict one orthophoto into a class GeoTIFF on the same grid; return pixel counts per class."""
     margin = overlap // 2
     core = window - 2 * margin
@@ -65,9 +68,18 @@ def predict_raster(segmenter: Segmenter, src_path: Path, dest: Path, *, window: 
                 f"({', '.join(segmenter.band_names)}): use orthophotos with the bands it was trained on."
             )
         profile = {
-            "driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
-            "crs": src.crs, "transform": src.transform, "nodata": NODATA, "compress": "deflate",
-            "tiled": True, "blockxsize": 256, "blockysize": 256,
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": NODATA,
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
         }
         counts = np.zeros(256, dtype=np.int64)
         with atomic_path(dest) as tmp:
@@ -90,6 +102,8 @@ def predict_raster(segmenter: Segmenter, src_path: Path, dest: Path, *, window: 
     return {names[i]: int(counts[i]) for i in names if counts[i]}
 
 
-def predict_orthos(segmenter: Segmenter, orthos: Sequence[Path], out_dir: Path, **options: int) -> dict[str, dict]:
+def predict_orthos(
+    segmenter: Segmenter, orthos: Sequence[Path], out_dir: Path, **options: int
+) -> dict[str, dict]:
     """Predict every orthophoto into ``out_dir/<stem>.tif``."""
     return {p.name: predict_raster(segmenter, p, out_dir / f"{p.stem}.tif", **options) for p in orthos}

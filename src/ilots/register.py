@@ -24,8 +24,9 @@ def current_champion(client: MlflowClient, name: str, alias: str) -> tuple[str |
     return version.version, float(value) if value not in (None, "", "None") else None
 
 
-def register(model_uri: str, test_miou: float, *, name: str, alias: str, min_gain: float,
-             run_id: str | None = None) -> dict[str, Any]:
+def register(
+    model_uri: str, test_miou: float, *, name: str, alias: str, min_gain: float, run_id: str | None = None
+) -> dict[str, Any]:
     """Register ``model_uri`` as a new version of ``name``; promote it to ``alias`` when it earns it.
 
     The alias moves when there is no champion yet, or when the new test mIoU is at least the
@@ -39,11 +40,23 @@ def register(model_uri: str, test_miou: float, *, name: str, alias: str, min_gai
         client.set_registered_model_alias(name, alias, version.version)
         log.info("model %s version %s is now @%s (test mIoU %.4f)", name, version.version, alias, test_miou)
     else:
-        log.info("model %s version %s kept out: test mIoU %.4f < champion v%s %.4f + %.4f",
-                 name, version.version, test_miou, champion, champion_miou, min_gain)
+        log.info(
+            "model %s version %s kept out: test mIoU %.4f < champion v%s %.4f + %.4f",
+            name,
+            version.version,
+            test_miou,
+            champion,
+            champion_miou,
+            min_gain,
+        )
     if run_id:
         client.set_tag(run_id, "registered_version", version.version)
-    return {"name": name, "version": int(version.version), "test_miou": test_miou, "promoted": promoted,
-            "champion_version": int(version.version) if promoted else int(champion),  # type: ignore[arg-type]
-            "previous_champion_version": int(champion) if champion else None,
-            "previous_champion_miou": champion_miou}
+    return {
+        "name": name,
+        "version": int(version.version),
+        "test_miou": test_miou,
+        "promoted": promoted,
+        "champion_version": int(version.version) if promoted else int(champion),  # type: ignore[arg-type]
+        "previous_champion_version": int(champion) if champion else None,
+        "previous_champion_miou": champion_miou,
+    }

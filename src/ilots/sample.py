@@ -136,8 +136,10 @@ def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> Po
     c, s = np.cos(angle), np.sin(angle)
     corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     return Polygon(
-        [(cx + u * length / 2 * c - v * width / 2 * s, cy + u * length / 2 * s + v * width / 2 * c)
-         for u, v in corners]
+        [
+            (cx + u * length / 2 * c - v * width / 2 * s, cy + u * length / 2 * s + v * width / 2 * c)
+            for u, v in corners
+        ]
     )
 
 
@@ -233,9 +235,7 @@ def _blocks_from(
     return blocks
 
 
-def _add_tree(
-    city: _City, rng: np.random.Generator, cx: float, cy: float, radius_m: float
-) -> None:
+def _add_tree(city: _City, rng: np.random.Generator, cx: float, cy: float, radius_m: float) -> None:
     """Add one crown of ``radius_m`` metres centred on (cx, cy)."""
     colour = _pick(rng, dict(_SPECIES))
     tone = rng.uniform(0.9, 1.1, 4)
@@ -247,8 +247,12 @@ def _add_tree(
 
 
 def _tree_row(
-    city: _City, rng: np.random.Generator, start: tuple[float, float], end: tuple[float, float],
-    spacing_m: tuple[float, float], radius_m: tuple[float, float],
+    city: _City,
+    rng: np.random.Generator,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    spacing_m: tuple[float, float],
+    radius_m: tuple[float, float],
 ) -> None:
     """Plant an alignment of trees from ``start`` to ``end``."""
     line = LineString([start, end])
@@ -261,8 +265,12 @@ def _tree_row(
 
 
 def _add_building(
-    city: _City, rng: np.random.Generator, parts: list[tuple[float, float, float, float, float]],
-    material: str, height: float, nature: str = "Indifférenciée",
+    city: _City,
+    rng: np.random.Generator,
+    parts: list[tuple[float, float, float, float, float]],
+    material: str,
+    height: float,
+    nature: str = "Indifférenciée",
 ) -> _Building:
     """Add a building made of rectangular sections (cx, cy, length, width, angle)."""
     pitched = material in ("clay", "zinc")
@@ -294,20 +302,37 @@ def _add_fixtures(city: _City, rng: np.random.Generator, building: _Building) ->
     if part.form:
         for _ in range(rng.integers(0, 3)):
             colour = _pick(rng, {(150, 82, 62, 118): 0.6, (192, 186, 176, 162): 0.4})
-            place(rng.uniform(-0.8, 0.8) * half_l, rng.uniform(-0.15, 0.15) * half_w,
-                  _px(rng.uniform(0.7, 1.2)), _px(rng.uniform(0.5, 0.9)), colour, 1.2)
+            place(
+                rng.uniform(-0.8, 0.8) * half_l,
+                rng.uniform(-0.15, 0.15) * half_w,
+                _px(rng.uniform(0.7, 1.2)),
+                _px(rng.uniform(0.5, 0.9)),
+                colour,
+                1.2,
+            )
         for _ in range(rng.integers(0, 3)):
-            place(rng.uniform(-0.7, 0.7) * half_l, rng.choice([-0.5, 0.5]) * half_w,
-                  _px(1.0), _px(1.3), (58, 68, 84, 48), 0.1)
+            place(
+                rng.uniform(-0.7, 0.7) * half_l,
+                rng.choice([-0.5, 0.5]) * half_w,
+                _px(1.0),
+                _px(1.3),
+                (58, 68, 84, 48),
+                0.1,
+            )
         return
     for _ in range(rng.integers(0, 5)):
-        place(rng.uniform(-0.8, 0.8) * half_l, rng.uniform(-0.7, 0.7) * half_w,
-              _px(rng.uniform(1.5, 4)), _px(rng.uniform(1.2, 2.5)), (178, 180, 182, 160), 1.3)
+        place(
+            rng.uniform(-0.8, 0.8) * half_l,
+            rng.uniform(-0.7, 0.7) * half_w,
+            _px(rng.uniform(1.5, 4)),
+            _px(rng.uniform(1.2, 2.5)),
+            (178, 180, 182, 160),
+            1.3,
+        )
     if rng.random() < 0.3 and building.material != "green":
         rows = int(rng.integers(2, 5))
         for row in range(rows):
-            place(0.0, (row - (rows - 1) / 2) * _px(2.2), part.length * 0.6, _px(1.6),
-                  (40, 50, 78, 44), 0.3)
+            place(0.0, (row - (rows - 1) / 2) * _px(2.2), part.length * 0.6, _px(1.6), (40, 50, 78, 44), 0.3)
 
 
 def _build_city_layout(rng: np.random.Generator, height: int, width: int) -> _City:
@@ -320,8 +345,12 @@ def _build_city_layout(rng: np.random.Generator, height: int, width: int) -> _Ci
         + _blocks_from(rng, corridor[1], height - corridor[1], +1)
     )
     _add_bridges(city, rng, xs, corridor)
-    blocks = [(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs
-              if box(x0, y0, x1, y1).intersects(city.extent.buffer(_px(20)))]
+    blocks = [
+        (x0, y0, x1, y1)
+        for y0, y1 in ys
+        for x0, x1 in xs
+        if box(x0, y0, x1, y1).intersects(city.extent.buffer(_px(20)))
+    ]
     kinds = _block_kinds(rng, blocks, city.extent)
     city.blocks = blocks
     pond_done = False
@@ -332,24 +361,20 @@ def _build_city_layout(rng: np.random.Generator, height: int, width: int) -> _Ci
             _fill_park(city, rng, block, with_pond=pond)
             pond_done = pond_done or pond
         else:
-            {"dense": _fill_dense, "houses": _fill_houses, "modern": _fill_modern}[kind](
-                city, rng, block)
+            {"dense": _fill_dense, "houses": _fill_houses, "modern": _fill_modern}[kind](city, rng, block)
         _dress_street_sides(city, rng, block)
     _add_road_marks(city, rng, xs, ys)
     _ensure_green_roof(city)
     return city
 
 
-def _block_kinds(
-    rng: np.random.Generator, blocks: list[tuple[float, ...]], extent: Polygon
-) -> list[str]:
+def _block_kinds(rng: np.random.Generator, blocks: list[tuple[float, ...]], extent: Polygon) -> list[str]:
     """Choose what each block is; a scene of several blocks always gets a park."""
     odds = {"dense": 0.52, "houses": 0.22, "modern": 0.18, "park": 0.08}
     kinds = [_pick(rng, odds) for _ in blocks]
     inside = [i for i, b in enumerate(blocks) if extent.contains(box(*b).centroid)]
-    parks = sorted((i for i, kind in enumerate(kinds) if kind == "park"),
-                   key=lambda i: i not in inside)
-    for i in parks[max(1, len(inside) // 14):]:  # a city is not all parks
+    parks = sorted((i for i, kind in enumerate(kinds) if kind == "park"), key=lambda i: i not in inside)
+    for i in parks[max(1, len(inside) // 14) :]:  # a city is not all parks
         kinds[i] = "dense"
     if not any(kinds[i] == "park" for i in inside) and len(inside) >= 6:
         centre = extent.centroid
@@ -374,7 +399,9 @@ def _add_canal(city: _City, rng: np.random.Generator) -> tuple[float, float]:
 
 
 def _add_bridges(
-    city: _City, rng: np.random.Generator, xs: list[tuple[float, float]],
+    city: _City,
+    rng: np.random.Generator,
+    xs: list[tuple[float, float]],
     corridor: tuple[float, float],
 ) -> None:
     """Carry some streets over the canal; the water under a bridge is not visible."""
@@ -386,35 +413,46 @@ def _add_bridges(
         deck = box(x0, corridor[0], x1, corridor[1])
         city.bridges.append(deck)
         city.ground.append((deck, _Ground.ASPHALT))
-        for side in (box(x0, corridor[0], x0 + _px(2), corridor[1]),
-                     box(x1 - _px(2), corridor[0], x1, corridor[1])):
+        for side in (
+            box(x0, corridor[0], x0 + _px(2), corridor[1]),
+            box(x1 - _px(2), corridor[0], x1, corridor[1]),
+        ):
             city.ground.append((side, _Ground.SIDEWALK))
     _, top, _, bottom = city.water_reference[0][0].bounds
-    visible = box(-_px(30), top, city.width + _px(30), bottom).difference(
-        unary_union(city.bridges))
+    visible = box(-_px(30), top, city.width + _px(30), bottom).difference(unary_union(city.bridges))
     city.water.append((visible, "canal"))
     # trees do not stand on bridges
     city.trees = [t for t in city.trees if not any(b.contains(t.geom.centroid) for b in city.bridges)]
 
 
 def _add_sidewalk(city: _City, rng: np.random.Generator, block: tuple[float, ...]) -> None:
-    city.ground.append((box(*block).buffer(_px(rng.uniform(2.5, 3.5)), join_style="mitre"),
-                        _Ground.SIDEWALK))
+    city.ground.append((box(*block).buffer(_px(rng.uniform(2.5, 3.5)), join_style="mitre"), _Ground.SIDEWALK))
 
 
 def _dress_street_sides(city: _City, rng: np.random.Generator, block: tuple[float, ...]) -> None:
     """Street trees on the sidewalks and cars parked along the kerbs around a block."""
     x0, y0, x1, y1 = block
     tree_off, car_off = _px(1.6), _px(rng.uniform(4.0, 4.8))
-    sides = [((x0, y0 - 1), (x1, y0 - 1), (0, -1)), ((x0, y1 + 1), (x1, y1 + 1), (0, 1)),
-             ((x0 - 1, y0), (x0 - 1, y1), (-1, 0)), ((x1 + 1, y0), (x1 + 1, y1), (1, 0))]
+    sides = [
+        ((x0, y0 - 1), (x1, y0 - 1), (0, -1)),
+        ((x0, y1 + 1), (x1, y1 + 1), (0, 1)),
+        ((x0 - 1, y0), (x0 - 1, y1), (-1, 0)),
+        ((x1 + 1, y0), (x1 + 1, y1), (1, 0)),
+    ]
     for (ax, ay), (bx, by), (nx, ny) in sides:
         if rng.random() < 0.55:
-            _tree_row(city, rng, (ax + nx * tree_off, ay + ny * tree_off),
-                      (bx + nx * tree_off, by + ny * tree_off), (7, 10), (3, 5.5))
+            _tree_row(
+                city,
+                rng,
+                (ax + nx * tree_off, ay + ny * tree_off),
+                (bx + nx * tree_off, by + ny * tree_off),
+                (7, 10),
+                (3, 5.5),
+            )
         if rng.random() < 0.6:
-            _park_cars(city, rng, (ax + nx * car_off, ay + ny * car_off),
-                       (bx + nx * car_off, by + ny * car_off))
+            _park_cars(
+                city, rng, (ax + nx * car_off, ay + ny * car_off), (bx + nx * car_off, by + ny * car_off)
+            )
 
 
 def _park_cars(
@@ -434,19 +472,22 @@ def _park_cars(
 
 
 def _add_road_marks(
-    city: _City, rng: np.random.Generator, xs: list[tuple[float, float]],
+    city: _City,
+    rng: np.random.Generator,
+    xs: list[tuple[float, float]],
     ys: list[tuple[float, float]],
 ) -> None:
     """Dashed centre lines along every street, zebra crossings at some intersections."""
     v_streets = [(a[1], b[0]) for a, b in itertools.pairwise(xs)]
-    h_streets = [(a[1], b[0]) for a, b in itertools.pairwise(ys)
-                 if b[0] - a[1] < _px(25)]
+    h_streets = [(a[1], b[0]) for a, b in itertools.pairwise(ys) if b[0] - a[1] < _px(25)]
     dash, gap, line = _px(3), _px(4), _px(0.3)
     for sx0, sx1 in v_streets:
         cx = (sx0 + sx1) / 2
         for y0, y1 in ys:
-            city.paint += [box(cx - line / 2, y, cx + line / 2, y + dash)
-                           for y in np.arange(y0 + gap, y1 - dash, dash + gap)]
+            city.paint += [
+                box(cx - line / 2, y, cx + line / 2, y + dash)
+                for y in np.arange(y0 + gap, y1 - dash, dash + gap)
+            ]
         for hy0, hy1 in h_streets:
             if rng.random() < 0.5:
                 _zebra(city, sx0, sx1, hy0 - _px(4.5), vertical=True)
@@ -454,22 +495,26 @@ def _add_road_marks(
     for sy0, sy1 in h_streets:
         cy = (sy0 + sy1) / 2
         for x0, x1 in xs:
-            city.paint += [box(x, cy - line / 2, x + dash, cy + line / 2)
-                           for x in np.arange(x0 + gap, x1 - dash, dash + gap)]
+            city.paint += [
+                box(x, cy - line / 2, x + dash, cy + line / 2)
+                for x in np.arange(x0 + gap, x1 - dash, dash + gap)
+            ]
 
 
 def _zebra(city: _City, a: float, b: float, start: float, vertical: bool) -> None:
     """Zebra crossing across the street [a, b], stripes ``start``..``start`` + 3 m."""
     for x in np.arange(a + _px(3.8), b - _px(4.2), _px(1.0)):
-        city.paint.append(box(x, start, x + _px(0.5), start + _px(3)) if vertical
-                          else box(start, x, start + _px(3), x + _px(0.5)))
+        city.paint.append(
+            box(x, start, x + _px(0.5), start + _px(3))
+            if vertical
+            else box(start, x, start + _px(3), x + _px(0.5))
+        )
 
 
 def _fill_dense(city: _City, rng: np.random.Generator, block: tuple[float, ...]) -> None:
     """Perimeter block of adjoining buildings along the streets around a courtyard."""
     x0, y0, x1, y1 = block
-    court = _pick(rng, {_Ground.PAVING: 0.5, _Ground.LAWN: 0.25, _Ground.GRAVEL: 0.1,
-                        _Ground.SOIL: 0.15})
+    court = _pick(rng, {_Ground.PAVING: 0.5, _Ground.LAWN: 0.25, _Ground.GRAVEL: 0.1, _Ground.SOIL: 0.15})
     city.ground.append((box(*block), court))
     dn, ds, dw, de = (_px(rng.uniform(13, 20)) for _ in range(4))
     if x1 - x0 < dw + de + _px(8) or y1 - y0 < dn + ds + _px(8):
@@ -490,8 +535,13 @@ def _fill_courtyard(city: _City, rng: np.random.Generator, court: tuple[float, .
     if rng.random() < 0.35 and y1 - y0 > _px(30):
         width = _px(rng.uniform(9, 13))
         cy = rng.uniform(y0 + width, y1 - width)
-        wing = _add_building(city, rng, [((x0 + x1) / 2, cy, x1 - x0 + 2, width, 0.0)],
-                             _pick(rng, {"clay": 0.6, "zinc": 0.4}), rng.uniform(12, 20))
+        wing = _add_building(
+            city,
+            rng,
+            [((x0 + x1) / 2, cy, x1 - x0 + 2, width, 0.0)],
+            _pick(rng, {"clay": 0.6, "zinc": 0.4}),
+            rng.uniform(12, 20),
+        )
         built.append(wing.geom)
     for _ in range(rng.integers(2, 7)):
         length = min(_px(rng.uniform(5, 14)), (x1 - x0) * 0.5)
@@ -500,9 +550,13 @@ def _fill_courtyard(city: _City, rng: np.random.Generator, court: tuple[float, .
         cy = rng.uniform(y0 + width / 2 + _px(1), y1 - width / 2 - _px(1))
         footprint = box(cx - length / 2, cy - width / 2, cx + length / 2, cy + width / 2)
         if not any(footprint.buffer(_px(2)).intersects(b) for b in built):
-            annex = _add_building(city, rng, [(cx, cy, length, width, 0.0)],
-                                  _pick(rng, {"bitumen": 0.4, "zinc": 0.3, "light": 0.3}),
-                                  rng.uniform(3, 6))
+            annex = _add_building(
+                city,
+                rng,
+                [(cx, cy, length, width, 0.0)],
+                _pick(rng, {"bitumen": 0.4, "zinc": 0.3, "light": 0.3}),
+                rng.uniform(3, 6),
+            )
             built.append(annex.geom)
     for _ in range(rng.integers(1, 6)):
         cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
@@ -511,8 +565,12 @@ def _fill_courtyard(city: _City, rng: np.random.Generator, court: tuple[float, .
 
 
 def _row_of_buildings(
-    city: _City, rng: np.random.Generator, span: tuple[float, float],
-    street: tuple[float, float], along_x: bool, outward: int,
+    city: _City,
+    rng: np.random.Generator,
+    span: tuple[float, float],
+    street: tuple[float, float],
+    along_x: bool,
+    outward: int,
 ) -> None:
     """Adjoining buildings along one street side of a block.
 
@@ -533,8 +591,13 @@ def _row_of_buildings(
         if rng.random() > 0.06:  # now and then a passage into the courtyard
             centre_along, centre_across = pos + length / 2, edge - outward * d / 2
             cx, cy = (centre_along, centre_across) if along_x else (centre_across, centre_along)
-            _add_building(city, rng, [(cx, cy, length, d, 0.0 if along_x else np.pi / 2)],
-                          _pick(rng, material_odds), rng.uniform(12, 24))
+            _add_building(
+                city,
+                rng,
+                [(cx, cy, length, d, 0.0 if along_x else np.pi / 2)],
+                _pick(rng, material_odds),
+                rng.uniform(12, 24),
+            )
         pos += length
 
 
@@ -553,9 +616,7 @@ def _fill_houses(city: _City, rng: np.random.Generator, block: tuple[float, ...]
             pos += lot_w
 
 
-def _fill_lot(
-    city: _City, rng: np.random.Generator, lot: tuple[float, ...], street_side: int
-) -> None:
+def _fill_lot(city: _City, rng: np.random.Generator, lot: tuple[float, ...], street_side: int) -> None:
     """One house, its garden, maybe a pool and a few trees."""
     x0, y0, x1, y1 = lot
     if rng.random() < 0.4:
@@ -573,14 +634,23 @@ def _fill_lot(
         end = rng.choice([-1, 1]) * (length / 2 - wing_w / 2)
         back = -street_side * (width / 2 + wing_l / 2 - _px(0.5))
         c, s = np.cos(angle), np.sin(angle)
-        parts.append((cx + end * c - back * s, cy + end * s + back * c, wing_l, wing_w,
-                      angle + np.pi / 2 + 1e-9))
+        parts.append(
+            (cx + end * c - back * s, cy + end * s + back * c, wing_l, wing_w, angle + np.pi / 2 + 1e-9)
+        )
     if not box(*lot).buffer(-_px(0.5)).contains(unary_union([_rect(*p) for p in parts])):
         parts = [(cx, cy, length, width, 0.0)]
-    city.ground.append((box(cx - _px(1.5), min(cy, y0 if street_side < 0 else y1),
-                            cx + _px(1.5), max(cy, y0 if street_side < 0 else y1)), _Ground.GRAVEL))
-    _add_building(city, rng, parts, _pick(rng, {"clay": 0.75, "zinc": 0.1, "light": 0.15}),
-                  rng.uniform(5, 8))
+    city.ground.append(
+        (
+            box(
+                cx - _px(1.5),
+                min(cy, y0 if street_side < 0 else y1),
+                cx + _px(1.5),
+                max(cy, y0 if street_side < 0 else y1),
+            ),
+            _Ground.GRAVEL,
+        )
+    )
+    _add_building(city, rng, parts, _pick(rng, {"clay": 0.75, "zinc": 0.1, "light": 0.15}), rng.uniform(5, 8))
     garden = (y0, cy - width / 2 - _px(1)) if street_side > 0 else (cy + width / 2 + _px(1), y1)
     _garden(city, rng, (x0, garden[0], x1, garden[1]))
 
@@ -593,10 +663,10 @@ def _garden(city: _City, rng: np.random.Generator, area: tuple[float, ...]) -> N
     pool = None
     if rng.random() < 0.4 and y1 - y0 > _px(9) and x1 - x0 > _px(11):
         length, width = _px(rng.uniform(6, 10)), _px(rng.uniform(3, 4.5))
-        core = box(-length / 2 + _px(0.8), -width / 2 + _px(0.8), length / 2 - _px(0.8),
-                   width / 2 - _px(0.8)).buffer(_px(0.8), quad_segs=4)
-        pool = affinity.translate(core, (x0 + x1) / 2 + rng.uniform(-1, 1) * _px(1),
-                                  (y0 + y1) / 2)
+        core = box(
+            -length / 2 + _px(0.8), -width / 2 + _px(0.8), length / 2 - _px(0.8), width / 2 - _px(0.8)
+        ).buffer(_px(0.8), quad_segs=4)
+        pool = affinity.translate(core, (x0 + x1) / 2 + rng.uniform(-1, 1) * _px(1), (y0 + y1) / 2)
         city.ground.append((pool.buffer(_px(1.2), join_style="mitre"), _Ground.PAVING))
         city.water.append((pool, "pool"))
         city.water_reference.append((pool, "pool"))
@@ -606,8 +676,13 @@ def _garden(city: _City, rng: np.random.Generator, area: tuple[float, ...]) -> N
         cy = (y0 + y1) / 2 + rng.uniform(-0.3, 0.3) * (y1 - y0 - width)
         footprint = box(cx - length / 2, cy - width / 2, cx + length / 2, cy + width / 2)
         if pool is None or not pool.buffer(_px(2)).intersects(footprint):
-            _add_building(city, rng, [(cx, cy, length, width, 0.0)],
-                          _pick(rng, {"bitumen": 0.4, "zinc": 0.3, "clay": 0.3}), rng.uniform(2.5, 4))
+            _add_building(
+                city,
+                rng,
+                [(cx, cy, length, width, 0.0)],
+                _pick(rng, {"bitumen": 0.4, "zinc": 0.3, "clay": 0.3}),
+                rng.uniform(2.5, 4),
+            )
     for _ in range(rng.integers(1, 5)):
         radius = rng.uniform(2.5, 5)
         cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
@@ -648,8 +723,14 @@ def _modern_building(city: _City, rng: np.random.Generator, cell: tuple[float, .
     if not box(*cell).contains(_rect(cx, cy, length, width, angle)):
         angle = 0.0
     material = _pick(rng, {"light": 0.45, "bitumen": 0.4, "green": 0.15})
-    return _add_building(city, rng, [(cx, cy, length, width, angle)], material,
-                         rng.uniform(8, 20), "Industriel, agricole ou commercial")
+    return _add_building(
+        city,
+        rng,
+        [(cx, cy, length, width, angle)],
+        material,
+        rng.uniform(8, 20),
+        "Industriel, agricole ou commercial",
+    )
 
 
 def _parking_rows(
@@ -666,13 +747,21 @@ def _parking_rows(
             city.paint.append(box(x, row_y, x + _px(0.15) * 2, row_y + stall_l))
             if rng.random() < 0.7:
                 colour = _CAR_COLOURS[int(rng.integers(len(_CAR_COLOURS)))]
-                city.cars.append((_rect(x + stall_w / 2 + _px(0.1), row_y + stall_l / 2,
-                                        _px(4.5), _px(1.8), np.pi / 2 + 1e-9), colour))
+                city.cars.append(
+                    (
+                        _rect(
+                            x + stall_w / 2 + _px(0.1),
+                            row_y + stall_l / 2,
+                            _px(4.5),
+                            _px(1.8),
+                            np.pi / 2 + 1e-9,
+                        ),
+                        colour,
+                    )
+                )
 
 
-def _fill_park(
-    city: _City, rng: np.random.Generator, block: tuple[float, ...], with_pond: bool
-) -> None:
+def _fill_park(city: _City, rng: np.random.Generator, block: tuple[float, ...], with_pond: bool) -> None:
     """Lawns, gravel paths, clumps of trees and, once per city, a pond."""
     x0, y0, x1, y1 = block
     city.ground.append((box(*block), _Ground.LAWN))
@@ -685,8 +774,14 @@ def _fill_park(
     pond = None
     if with_pond:
         radius = _px(min(rng.uniform(10, 18), (x1 - x0) * PIXEL_SIZE / 4, (y1 - y0) * PIXEL_SIZE / 4))
-        pond = _blob(rng, rng.uniform(x0 + 2 * radius, x1 - 2 * radius),
-                     rng.uniform(y0 + 2 * radius, y1 - 2 * radius), radius, 0.14, n=48)
+        pond = _blob(
+            rng,
+            rng.uniform(x0 + 2 * radius, x1 - 2 * radius),
+            rng.uniform(y0 + 2 * radius, y1 - 2 * radius),
+            radius,
+            0.14,
+            n=48,
+        )
         city.ground.append((pond.buffer(_px(1.5)), _Ground.SOIL))
         city.water.append((pond, "pond"))
         city.water_reference.append((pond, "pond"))
@@ -696,7 +791,8 @@ def _fill_park(
             tx, ty = cx + rng.normal(0, _px(7)), cy + rng.normal(0, _px(7))
             radius = rng.uniform(2.5, 6)
             if box(*block).contains(box(tx, ty, tx, ty)) and (
-                    pond is None or pond.distance(box(tx, ty, tx, ty)) > _px(radius * 0.6)):
+                pond is None or pond.distance(box(tx, ty, tx, ty)) > _px(radius * 0.6)
+            ):
                 _add_tree(city, rng, tx, ty, radius)
 
 
@@ -717,8 +813,7 @@ def _rasterize(shapes: list[tuple[BaseGeometry, int]], shape: tuple[int, int]) -
     shapes = [(g, v) for g, v in shapes if not g.is_empty]
     if not shapes:
         return np.zeros(shape, dtype=np.int32)
-    return features.rasterize(shapes, out_shape=shape, fill=0, dtype="int32",
-                              transform=Affine.identity())
+    return features.rasterize(shapes, out_shape=shape, fill=0, dtype="int32", transform=Affine.identity())
 
 
 def _truth(city: _City) -> np.ndarray:
@@ -737,15 +832,17 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) 
 
 def _noise_fields(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     fine = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.0)
-    return {"fine": fine / fine.std(), "mid": _smooth_noise(rng, shape, 8),
-            "large": _smooth_noise(rng, shape, 64)}
+    return {
+        "fine": fine / fine.std(),
+        "mid": _smooth_noise(rng, shape, 8),
+        "large": _smooth_noise(rng, shape, 64),
+    }
 
 
 def _looks(table: dict[Any, tuple], keys: list[Any]) -> tuple[np.ndarray, ...]:
     """Colour table (n, 4) and texture amplitude columns for lookup by index."""
     colours = np.array([table[k][0] for k in keys], dtype=np.float32)
-    amps = [np.array([table[k][i] for k in keys], dtype=np.float32)
-            for i in range(1, len(table[keys[0]]))]
+    amps = [np.array([table[k][i] for k in keys], dtype=np.float32) for i in range(1, len(table[keys[0]]))]
     return colours, *amps
 
 
@@ -777,8 +874,10 @@ def _paint_water(img: np.ndarray, city: _City, noise: dict[str, np.ndarray]) -> 
 
 def _roof_shading(parts: list[_Part], part: np.ndarray, x: np.ndarray, y: np.ndarray):
     """Brightness of each roof pixel from the slope it lies on, its ridge and its rim."""
-    attr = {name: np.array([getattr(p, name) for p in parts], dtype=np.float32)
-            for name in ("cx", "cy", "length", "width", "angle", "form")}
+    attr = {
+        name: np.array([getattr(p, name) for p in parts], dtype=np.float32)
+        for name in ("cx", "cy", "length", "width", "angle", "form")
+    }
     c, s = np.cos(attr["angle"])[part], np.sin(attr["angle"])[part]
     dx, dy = x - attr["cx"][part], y - attr["cy"][part]
     u, v = dx * c + dy * s, -dx * s + dy * c
@@ -817,10 +916,8 @@ def _paint_roofs(
     texture = 1 + np.array(fine, np.float32)[part] * noise["fine"][rows, cols]
     texture += np.array(mid, np.float32)[part] * noise["mid"][rows, cols]
     img[:, rows, cols] = np.array(colours, np.float32)[part].T * (shade * texture)
-    fixtures = _rasterize([(g, i + 1) for i, (g, _, _) in enumerate(city.fixtures)],
-                          img.shape[1:])
-    _paint_ids(img, fixtures, np.array([(0, 0, 0, 0)] + [c for _, c, _ in city.fixtures],
-                                       dtype=np.float32))
+    fixtures = _rasterize([(g, i + 1) for i, (g, _, _) in enumerate(city.fixtures)], img.shape[1:])
+    _paint_ids(img, fixtures, np.array([(0, 0, 0, 0)] + [c for _, c, _ in city.fixtures], dtype=np.float32))
     fixture_shadow = _shadow_mask([(g, h) for g, _, h in city.fixtures], img.shape[1:])
     img[:, fixture_shadow & (ids > 0)] *= 0.6
     return ids > 0
@@ -885,10 +982,16 @@ def _render(city: _City, rng: np.random.Generator) -> np.ndarray:
     """Draw the city as a (4, H, W) uint8 red, green, blue, near-infrared image."""
     noise = _noise_fields(rng, (city.height, city.width))
     img = _paint_ground(city, noise)
-    _paint_ids(img, _rasterize([(g, 1) for g in city.paint], img.shape[1:]),
-               np.array([(0, 0, 0, 0), _PAINT], np.float32))
-    _paint_ids(img, _rasterize([(g, i + 1) for i, (g, _) in enumerate(city.cars)], img.shape[1:]),
-               np.array([(0, 0, 0, 0)] + [c for _, c in city.cars], np.float32))
+    _paint_ids(
+        img,
+        _rasterize([(g, 1) for g in city.paint], img.shape[1:]),
+        np.array([(0, 0, 0, 0), _PAINT], np.float32),
+    )
+    _paint_ids(
+        img,
+        _rasterize([(g, i + 1) for i, (g, _) in enumerate(city.cars)], img.shape[1:]),
+        np.array([(0, 0, 0, 0)] + [c for _, c in city.cars], np.float32),
+    )
     _paint_water(img, city, noise)
     roofs = _paint_roofs(img, city, noise, rng)
     built_shadow = _paint_shadows(img, city, roofs)
@@ -896,9 +999,7 @@ def _render(city: _City, rng: np.random.Generator) -> np.ndarray:
     return _sensor(img, rng)
 
 
-def _build_scene(
-    rng: np.random.Generator, height: int, width: int
-) -> tuple[_City, np.ndarray, np.ndarray]:
+def _build_scene(rng: np.random.Generator, height: int, width: int) -> tuple[_City, np.ndarray, np.ndarray]:
     city = _build_city_layout(rng, height, width)
     image = _render(city, rng)
     return city, image, _truth(city)
@@ -935,42 +1036,52 @@ def _result_id(rng: np.random.Generator) -> str:
 
 def _result_base(rng: np.random.Generator, kind: str, window: Window) -> dict[str, Any]:
     from_name = {"brushlabels": "brush", "polygonlabels": "polygon", "rectanglelabels": "rect"}
-    return {"id": _result_id(rng), "type": kind, "from_name": from_name[kind], "to_name": "image",
-            "original_width": int(window.width), "original_height": int(window.height),
-            "image_rotation": 0, "origin": "manual"}
+    return {
+        "id": _result_id(rng),
+        "type": kind,
+        "from_name": from_name[kind],
+        "to_name": "image",
+        "original_width": int(window.width),
+        "original_height": int(window.height),
+        "image_rotation": 0,
+        "origin": "manual",
+    }
 
 
-def _brush_result(
-    rng: np.random.Generator, mask: np.ndarray, label: str, window: Window
-) -> dict[str, Any]:
+def _brush_result(rng: np.random.Generator, mask: np.ndarray, label: str, window: Window) -> dict[str, Any]:
     """Brush result holding ``mask`` (H, W bool) as Label Studio RLE."""
     rle = brush.mask2rle(mask.astype(np.uint8) * 255)
-    return {**_result_base(rng, "brushlabels", window),
-            "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}}
+    return {
+        **_result_base(rng, "brushlabels", window),
+        "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]},
+    }
 
 
 def _pct(value: float, extent: float) -> float:
     return round(float(value) / extent * 100, 6)
 
 
-def _polygon_result(
-    rng: np.random.Generator, ring: Polygon, label: str, window: Window
-) -> dict[str, Any]:
+def _polygon_result(rng: np.random.Generator, ring: Polygon, label: str, window: Window) -> dict[str, Any]:
     """Polygon result from a polygon in tile pixel coordinates (vertices in % of the tile)."""
     coords = list(ring.exterior.coords)[:-1]
     points = [[_pct(x, window.width), _pct(y, window.height)] for x, y in coords]
-    return {**_result_base(rng, "polygonlabels", window),
-            "value": {"points": points, "closed": True, "polygonlabels": [label]}}
+    return {
+        **_result_base(rng, "polygonlabels", window),
+        "value": {"points": points, "closed": True, "polygonlabels": [label]},
+    }
 
 
-def _rectangle_result(
-    rng: np.random.Generator, rect: Polygon, label: str, window: Window
-) -> dict[str, Any]:
+def _rectangle_result(rng: np.random.Generator, rect: Polygon, label: str, window: Window) -> dict[str, Any]:
     """Axis-aligned rectangle result (top-left corner and size in % of the tile)."""
     x0, y0, x1, y1 = rect.bounds
-    value = {"x": _pct(x0, window.width), "y": _pct(y0, window.height),
-             "width": _pct(x1 - x0, window.width), "height": _pct(y1 - y0, window.height),
-             "rotation": 0, "rectanglelabels": [label]}
+    value = {
+        "x": _pct(x0, window.width),
+        "y": _pct(y0, window.height),
+        "width": _pct(x1 - x0, window.width),
+        "height": _pct(y1 - y0, window.height),
+        "rotation": 0,
+        "rectanglelabels": [label],
+    }
     return {**_result_base(rng, "rectanglelabels", window), "value": value}
 
 
@@ -985,8 +1096,10 @@ class _TileView:
 
 
 def _tile_shapes(
-    index: dict[int, tuple[STRtree, list[tuple[BaseGeometry, bool]]]], frame: Polygon,
-    col: float, row: float,
+    index: dict[int, tuple[STRtree, list[tuple[BaseGeometry, bool]]]],
+    frame: Polygon,
+    col: float,
+    row: float,
 ) -> dict[int, list[tuple[Polygon, bool]]]:
     """Roof and water polygons clipped to a tile, moved to tile pixel coordinates."""
     shapes: dict[int, list[tuple[Polygon, bool]]] = {}
@@ -1026,14 +1139,28 @@ def _annotation_results(
 
 
 def _annotation(
-    ann_id: int, task_id: int, annotator: int, created: datetime, lead_time: float,
-    results: list[dict[str, Any]], updated: datetime | None = None, cancelled: bool = False,
+    ann_id: int,
+    task_id: int,
+    annotator: int,
+    created: datetime,
+    lead_time: float,
+    results: list[dict[str, Any]],
+    updated: datetime | None = None,
+    cancelled: bool = False,
 ) -> dict[str, Any]:
     updated = updated or created + timedelta(seconds=lead_time)
-    return {"id": ann_id, "completed_by": annotator, "was_cancelled": cancelled,
-            "ground_truth": False, "created_at": _timestamp(created),
-            "updated_at": _timestamp(updated), "lead_time": round(lead_time, 3),
-            "task": task_id, "project": 1, "result": results}
+    return {
+        "id": ann_id,
+        "completed_by": annotator,
+        "was_cancelled": cancelled,
+        "ground_truth": False,
+        "created_at": _timestamp(created),
+        "updated_at": _timestamp(updated),
+        "lead_time": round(lead_time, 3),
+        "task": task_id,
+        "project": 1,
+        "result": results,
+    }
 
 
 def _earlier_draft(rng: np.random.Generator, tile: _TileView) -> list[dict[str, Any]]:
@@ -1053,12 +1180,9 @@ def _junk_results(rng: np.random.Generator, tile: _TileView) -> list[dict[str, A
     return [_polygon_result(rng, tri, "water", tile.window)]
 
 
-def _tile_views(
-    city: _City, truth: np.ndarray, size: int, n_orthos: int, tile: int
-) -> list[_TileView]:
+def _tile_views(city: _City, truth: np.ndarray, size: int, n_orthos: int, tile: int) -> list[_TileView]:
     """Labeling tiles of every ortho, ortho by ortho, row-major."""
-    index = {3: [(b.geom, b.axis_aligned) for b in city.buildings],
-             2: [(g, False) for g, _ in city.water]}
+    index = {3: [(b.geom, b.axis_aligned) for b in city.buildings], 2: [(g, False) for g, _ in city.water]}
     trees = {cls: (STRtree([g for g, _ in items]), items) for cls, items in index.items() if items}
     views = []
     for k in range(n_orthos):
@@ -1067,15 +1191,22 @@ def _tile_views(
                 window = Window(col, row, min(tile, size - col), min(tile, size - row))
                 scene_col = k * size + col
                 frame = box(scene_col, row, scene_col + window.width, row + window.height)
-                views.append(_TileView(
-                    window, scene_col,
-                    truth[row:row + window.height, scene_col:scene_col + window.width],
-                    _tile_shapes(trees, frame, scene_col, row)))
+                views.append(
+                    _TileView(
+                        window,
+                        scene_col,
+                        truth[row : row + window.height, scene_col : scene_col + window.width],
+                        _tile_shapes(trees, frame, scene_col, row),
+                    )
+                )
     return views
 
 
 def _task(
-    task_id: int, view: _TileView, ortho: Path, transform: Affine,
+    task_id: int,
+    view: _TileView,
+    ortho: Path,
+    transform: Affine,
     annotations: list[dict[str, Any]],
 ) -> dict[str, Any]:
     w = view.window
@@ -1086,12 +1217,16 @@ def _task(
         "id": task_id,
         "data": {
             "image": f"/data/local-files/?d=ilots/tiles/{ortho.stem}_r{int(w.row_off):05d}"
-                     f"_c{int(w.col_off):05d}.png",
+            f"_c{int(w.col_off):05d}.png",
             "ortho": ortho.name,
             "crs": CRS,
             "transform": list(window_transform(w, transform))[:6],
-            "window": {"col_off": int(w.col_off), "row_off": int(w.row_off),
-                       "width": int(w.width), "height": int(w.height)},
+            "window": {
+                "col_off": int(w.col_off),
+                "row_off": int(w.row_off),
+                "width": int(w.width),
+                "height": int(w.height),
+            },
         },
         "meta": {},
         "annotations": annotations,
@@ -1143,22 +1278,49 @@ def _task_annotations(
     created = _EPOCH + timedelta(days=1, minutes=11 * plan.order)
     results = _annotation_results(rng, view, plan.style, plan.rect_odds)
     revised = created + timedelta(days=2) if plan.double else None  # revised after review
-    annotations = [_annotation(first_id, task_id, int(rng.integers(1, 3)), created,
-                               float(rng.uniform(60, 900)), results, updated=revised)]
+    annotations = [
+        _annotation(
+            first_id,
+            task_id,
+            int(rng.integers(1, 3)),
+            created,
+            float(rng.uniform(60, 900)),
+            results,
+            updated=revised,
+        )
+    ]
     if plan.double:
-        annotations.append(_annotation(first_id + len(annotations), task_id, 3,
-                                       created + timedelta(hours=2), float(rng.uniform(60, 300)),
-                                       _earlier_draft(rng, view)))
+        annotations.append(
+            _annotation(
+                first_id + len(annotations),
+                task_id,
+                3,
+                created + timedelta(hours=2),
+                float(rng.uniform(60, 300)),
+                _earlier_draft(rng, view),
+            )
+        )
     if plan.cancelled:
-        annotations.append(_annotation(first_id + len(annotations), task_id, 2,
-                                       created + timedelta(days=3), 12.0,
-                                       _junk_results(rng, view), cancelled=True))
+        annotations.append(
+            _annotation(
+                first_id + len(annotations),
+                task_id,
+                2,
+                created + timedelta(days=3),
+                12.0,
+                _junk_results(rng, view),
+                cancelled=True,
+            )
+        )
     return annotations
 
 
 def _label_studio_tasks(
-    rng: np.random.Generator, views: list[_TileView], orthos: list[Path],
-    transforms: list[Affine], annotated_fraction: float,
+    rng: np.random.Generator,
+    views: list[_TileView],
+    orthos: list[Path],
+    transforms: list[Affine],
+    annotated_fraction: float,
 ) -> list[dict[str, Any]]:
     """The export: every tile is a task; a share of them annotated, with the usual mess."""
     plan = _annotation_plan(rng, views, annotated_fraction)
@@ -1186,9 +1348,7 @@ def _scene_to_world() -> list[float]:
     return [PIXEL_SIZE, 0.0, 0.0, -PIXEL_SIZE, ORIGIN[0], ORIGIN[1]]
 
 
-def _demolished(
-    rng: np.random.Generator, city: _City, truth: np.ndarray, count: int
-) -> list[Polygon]:
+def _demolished(rng: np.random.Generator, city: _City, truth: np.ndarray, count: int) -> list[Polygon]:
     """Footprints of buildings now gone: inside blocks, where only ground remains."""
     found: list[Polygon] = []
     inner = [b for b in city.blocks if box(*b).intersects(city.extent)]
@@ -1203,8 +1363,9 @@ def _demolished(
             continue
         col, row = int(rng.integers(*cols)), int(rng.integers(*rows))
         footprint = box(col, row, col + length, row + width)
-        if not truth[row:row + width, col:col + length].any() and not any(
-                footprint.buffer(_px(3)).intersects(f) for f in found):
+        if not truth[row : row + width, col : col + length].any() and not any(
+            footprint.buffer(_px(3)).intersects(f) for f in found
+        ):
             found.append(footprint)
     return found
 
@@ -1222,18 +1383,31 @@ def _reference_layers(
     inside = [b for b in city.buildings if b.geom.intersects(city.extent)]
     kept = [b for b in inside if rng.random() >= 0.1]
     records = [(b.geom, b.nature, round(b.height, 1)) for b in kept]
-    records += [(g, "Indifférenciée", round(float(rng.uniform(4, 9)), 1))
-                for g in _demolished(rng, city, truth, 3)]
+    records += [
+        (g, "Indifférenciée", round(float(rng.uniform(4, 9)), 1)) for g in _demolished(rng, city, truth, 3)
+    ]
     buildings = gpd.GeoDataFrame(
-        {"cleabs": [f"BATIMENT{1_000_000 + i:016d}" for i in range(len(records))],
-         "nature": [r[1] for r in records], "hauteur": [r[2] for r in records]},
-        geometry=[to_world(r[0]) for r in records], crs=CRS)
-    waters = [(g, k) for g, k in city.water_reference
-              if g.intersects(city.extent) and (k != "pool" or rng.random() >= 0.2)]
+        {
+            "cleabs": [f"BATIMENT{1_000_000 + i:016d}" for i in range(len(records))],
+            "nature": [r[1] for r in records],
+            "hauteur": [r[2] for r in records],
+        },
+        geometry=[to_world(r[0]) for r in records],
+        crs=CRS,
+    )
+    waters = [
+        (g, k)
+        for g, k in city.water_reference
+        if g.intersects(city.extent) and (k != "pool" or rng.random() >= 0.2)
+    ]
     water = gpd.GeoDataFrame(
-        {"cleabs": [f"SURF_HYDRO{2_000_000 + i:014d}" for i in range(len(waters))],
-         "nature": [_WATER_NATURE[k] for _, k in waters]},
-        geometry=[to_world(g) for g, _ in waters], crs=CRS)
+        {
+            "cleabs": [f"SURF_HYDRO{2_000_000 + i:014d}" for i in range(len(waters))],
+            "nature": [_WATER_NATURE[k] for _, k in waters],
+        },
+        geometry=[to_world(g) for g, _ in waters],
+        crs=CRS,
+    )
     return buildings, water, shift
 
 
@@ -1258,10 +1432,18 @@ def _write_ortho(dest: Path, image: np.ndarray, transform: Affine, seed: int) ->
     """Write a 4-band uint8 GeoTIFF like an IGN BD ORTHO IRC tile, atomically."""
     _, height, width = image.shape
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": width, "height": height, "count": 4, "dtype": "uint8",
-        "crs": CRS, "transform": transform, "compress": "deflate", "predictor": 2,
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 4,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": transform,
+        "compress": "deflate",
+        "predictor": 2,
         "interleave": "pixel",
-        "photometric": "RGB", "alpha": "UNSPECIFIED",  # band 4 is near infrared, not alpha
+        "photometric": "RGB",
+        "alpha": "UNSPECIFIED",  # band 4 is near infrared, not alpha
     }
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
@@ -1301,8 +1483,14 @@ def _check_arguments(size: int, n_orthos: int, labeling_tile: int, fraction: flo
 
 
 def generate_sample_city(
-    out_dir: Path, *, seed: int = 20261124, size: int = 2048, n_orthos: int = 2,
-    labeling_tile: int = 512, annotated_fraction: float = 0.6, return_truth: bool = False,
+    out_dir: Path,
+    *,
+    seed: int = 20261124,
+    size: int = 2048,
+    n_orthos: int = 2,
+    labeling_tile: int = 512,
+    annotated_fraction: float = 0.6,
+    return_truth: bool = False,
 ) -> dict:
     """Write the sample city under out_dir and return a summary dict (paths, counts).
 
@@ -1332,7 +1520,7 @@ def generate_sample_city(
         x0, y0 = ORIGIN[0] + k * size * PIXEL_SIZE, ORIGIN[1]
         transform = Affine(PIXEL_SIZE, 0.0, x0, 0.0, -PIXEL_SIZE, y0)
         path = out_dir / "orthos" / f"lyon_{int(x0)}_{int(y0)}_0M20_IRC.tif"
-        _write_ortho(path, image[:, :, k * size:(k + 1) * size], transform, seed)
+        _write_ortho(path, image[:, :, k * size : (k + 1) * size], transform, seed)
         orthos.append(path)
         transforms.append(transform)
     views = _tile_views(city, truth, size, n_orthos, labeling_tile)
@@ -1348,16 +1536,22 @@ def generate_sample_city(
     _write_readme(readme, seed, orthos, len(tasks), n_done)
     counts = np.bincount(truth.ravel(), minlength=4) / truth.size
     summary: dict[str, Any] = {
-        "out_dir": out_dir, "seed": seed, "orthos": orthos, "export": export,
+        "out_dir": out_dir,
+        "seed": seed,
+        "orthos": orthos,
+        "export": export,
         "buildings": out_dir / "vectors" / "buildings.gpkg",
-        "water": out_dir / "vectors" / "water.gpkg", "readme": readme,
-        "tasks": len(tasks), "annotated_tasks": n_done,
+        "water": out_dir / "vectors" / "water.gpkg",
+        "readme": readme,
+        "tasks": len(tasks),
+        "annotated_tasks": n_done,
         "buildings_count": sum(1 for b in city.buildings if b.geom.intersects(city.extent)),
-        "reference_buildings": len(buildings), "reference_water": len(water),
+        "reference_buildings": len(buildings),
+        "reference_water": len(water),
         "trees": len(city.trees),
         "class_fractions": {CLASSES[c]: round(float(counts[c]), 4) for c in range(4)},
         "vector_shift_m": shift,
     }
     if return_truth:
-        summary["truth"] = [truth[:, k * size:(k + 1) * size].copy() for k in range(n_orthos)]
+        summary["truth"] = [truth[:, k * size : (k + 1) * size].copy() for k in range(n_orthos)]
     return summary

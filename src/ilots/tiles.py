@@ -123,7 +123,8 @@ def cut_tiles(
     """
     if not 0 <= overlap < size <= block:
         raise IlotsError(
-            f"tiles.size={size}, tiles.overlap={overlap}, tiles.block={block}: need 0 <= overlap < size <= block."
+            f"tiles.size={size}, tiles.overlap={overlap}, tiles.block={block}: "
+            "need 0 <= overlap < size <= block."
         )
     orthos = ortho_paths(orthos_dir)
     masks, bands, band_names, blocks = {}, None, None, []
@@ -159,15 +160,29 @@ def cut_tiles(
         write_json(tmp / "stats.json", {"band_names": band_names, **stats})
         write_json(
             tmp / "index.json",
-            {"size": size, "overlap": overlap, "block": block, "bands": bands, "band_names": band_names,
-             "classes": list(classes), "chips": chips},
+            {
+                "size": size,
+                "overlap": overlap,
+                "block": block,
+                "bands": bands,
+                "band_names": band_names,
+                "classes": list(classes),
+                "chips": chips,
+            },
         )
-    return {"chips": counts, "blocks": {s: sum(v == s for v in splits.values()) for s in SPLITS},
-            "bands": bands}
+    return {
+        "chips": counts,
+        "blocks": {s: sum(v == s for v in splits.values()) for s in SPLITS},
+        "bands": bands,
+    }
 
 
 def write_chips(
-    out: Path, splits: Mapping[Block, str], masks: Mapping[Path, np.ndarray], size: int, stride: int,
+    out: Path,
+    splits: Mapping[Block, str],
+    masks: Mapping[Path, np.ndarray],
+    size: int,
+    stride: int,
     min_annotated: float,
 ) -> list[dict[str, object]]:
     """Write the chips of every assigned block; return their index entries."""
@@ -189,8 +204,16 @@ def write_chips(
                         folder = out / splits[blk]
                         write_raster(folder / f"{chip_id}.image.tif", ortho.read(window=window), profile)
                         write_raster(folder / f"{chip_id}.mask.tif", mask, {**profile, "nodata": 255})
-                        chips.append({"id": chip_id, "split": splits[blk], "ortho": path.name,
-                                      "row_off": row, "col_off": col, "annotated": round(annotated, 4)})
+                        chips.append(
+                            {
+                                "id": chip_id,
+                                "split": splits[blk],
+                                "ortho": path.name,
+                                "row_off": row,
+                                "col_off": col,
+                                "annotated": round(annotated, 4),
+                            }
+                        )
     return chips
 
 

@@ -45,7 +45,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def git_commit(root: Path) -> str:
     """The current git commit of the project, or ``unknown``."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
@@ -60,8 +62,12 @@ def build_module(cfg: DictConfig, in_channels: int) -> tuple[SegmentationModule,
         raise IlotsError(f"model config cannot be built ({exc}); check the `model` settings.") from exc
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = SegmentationModule(
-        net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
-        classes=list(cfg.classes), ignore_index=int(cfg.ignore_index), scheduler=scheduler,
+        net=net,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        classes=list(cfg.classes),
+        ignore_index=int(cfg.ignore_index),
+        scheduler=scheduler,
     )
     return module, net_config
 
@@ -84,24 +90,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
     out_dir = resolve_path(root, cfg.paths.experiments) / "train"
     mlflow_logger = MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name, tracking_uri=mlflow.get_tracking_uri(), log_model=False,
+        experiment_name=cfg.logger.experiment_name,
+        tracking_uri=mlflow.get_tracking_uri(),
+        log_model=False,
         tags={"git_commit": git_commit(root), "stage": "train"},
     )
     run_id = mlflow_logger.run_id
     mlflow_logger.log_hyperparams(flatten(to_dict(cfg)))
     checkpoint = ModelCheckpoint(
         dirpath=resolve_path(root, cfg.paths.experiments) / "checkpoints" / run_id,
-        monitor="val/miou", mode="max", save_last=True, filename="best",
+        monitor="val/miou",
+        mode="max",
+        save_last=True,
+        filename="best",
     )
     trainer = L.Trainer(
-        **to_dict(cfg.trainer), logger=mlflow_logger, callbacks=[checkpoint],
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir),
+        **to_dict(cfg.trainer),
+        logger=mlflow_logger,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
     )
     trainer.fit(module, datamodule=datamodule)
     best = checkpoint.best_model_path or checkpoint.last_model_path
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
+    best_score = (
+        float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
+    )
     meta = make_meta(net_config, cfg.classes, datamodule.band_names, datamodule.stats, datamodule.tile_size)
     segmenter = Segmenter(module.net.cpu(), meta)
     with mlflow.start_run(run_id=run_id):
@@ -109,9 +126,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
         with tempfile.TemporaryDirectory() as tmp:
             model_uri = log_segmenter(segmenter, Path(tmp) / "bundle")
-    result = {"run_id": run_id, "model_uri": model_uri, "val_miou": best_score,
-              "epochs": trainer.current_epoch, "checkpoint": str(Path(best).relative_to(root))
-              if Path(best).is_relative_to(root) else best}
+    result = {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "val_miou": best_score,
+        "epochs": trainer.current_epoch,
+        "checkpoint": str(Path(best).relative_to(root)) if Path(best).is_relative_to(root) else best,
+    }
     write_json(out_dir / "run.json", result)
     write_json(out_dir / "metrics.json", {"val_miou": best_score})
     return result
