@@ -92,7 +92,7 @@ def test_dvc_exp_run_with_overrides_lands_in_the_same_store(repo: tuple) -> None
     run(["git", "commit", "-qm", "pipeline ran"], root, env)
     run(["dvc", "exp", "run", "-S", "trainer.max_epochs=1", "-S", "model=fpn"], root, env)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], root, env).stdout
-    assert "fpn" in shown
+    assert "segmentation_models_pytorch.FPN" in shown
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")

@@ -158,30 +158,11 @@ def cmd_register(args: argparse.Namespace) -> None:
     _print(result)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from ilots.bundle import load_segmenter
-    from ilots.config import project_root, resolve_path
-    from ilots.io import write_json
-    from ilots.predict import predict_orthos
-    from ilots.tiles import ortho_paths
-    from ilots.tracking import setup_mlflow
+def _module_command(module: str, args: argparse.Namespace) -> None:
+    """Run ``command(args, cfg)`` of a stage module that owns its command-line options."""
+    import importlib
 
-    cfg, root = _cfg(args), project_root()
-    setup_mlflow(cfg.logger.tracking_uri, root)
-    inputs = [Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)]
-    orthos = [p for item in inputs for p in (ortho_paths(item) if item.is_dir() else [item])]
-    out_dir = Path(args.out) if args.out else resolve_path(root, cfg.predict.out)
-    segmenter = load_segmenter(args.model or cfg.predict.model_uri)
-    summary = predict_orthos(
-        segmenter,
-        orthos,
-        out_dir,
-        window=int(cfg.predict.window),
-        overlap=int(cfg.predict.overlap),
-        batch_size=int(cfg.predict.batch_size),
-    )
-    write_json(out_dir / "summary.json", {"model": args.model or cfg.predict.model_uri, "rasters": summary})
-    _print(summary)
+    importlib.import_module(module).command(args, _cfg(args))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -235,7 +216,10 @@ STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "train": (cmd_train, "train the configured segmenter; log the run and the model to MLflow."),
     "evaluate": (cmd_evaluate, "score the trained model on the test chips: metrics JSON + confusion plot."),
     "register": (cmd_register, "register the model in MLflow; move the champion alias if it is not worse."),
-    "predict": (cmd_predict, "the champion model on every orthophoto: one class GeoTIFF each."),
+    "predict": (
+        lambda args: _module_command("ilots.predict", args),
+        "the champion model on every orthophoto: one class GeoTIFF each.",
+    ),
     "summary": (
         cmd_summary,
         "print where the results are: metrics, registered model, predictions, MLflow UI.",
@@ -255,10 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
             help="read the composed config from FILE (params.yaml) instead of composing conf/",
         )
         if name == "predict":
-            p.add_argument("--model", help="MLflow model URI or bundle folder (default: predict.model_uri)")
-            p.add_argument("--out", help="output folder (default: predict.out)")
+            from ilots.predict import add_arguments
+
+            add_arguments(p)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
         p.set_defaults(func=func)
+    try:
+        from ilots.labeling.cli import add_parser as add_labeling
+    except ImportError:  # the labeling package is optional
+        pass
+    else:
+        add_labeling(sub)
     p = sub.add_parser("params", help="write params.yaml from conf/ (after you edit conf/)")
     p.add_argument("--out", default="params.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -277,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_inputs(args: argparse.Namespace) -> None:
     """For predict: positional words without '=' are input rasters, the others overrides."""
-    words = list(getattr(args, "overrides", []))
+    words = list(getattr(args, "overrides", None) or [])
     args.inputs = [w for w in words if "=" not in w]
     args.overrides = [w for w in words if "=" in w]
 
@@ -308,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     split_inputs(args)
-    if args.command != "predict" and args.inputs:
+    if args.command != "predict" and getattr(args, "inputs", None):
         print(
             f"ilots {args.command}: error: unexpected argument(s) {args.inputs}; overrides are key=value.",
             file=sys.stderr,

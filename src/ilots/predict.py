@@ -8,11 +8,14 @@ Pixels that are nodata in the input (nodata value, alpha or mask band) are nodat
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from omegaconf import DictConfig
 from rasterio.windows import Window
 
 from ilots.bundle import Segmenter
@@ -107,3 +110,36 @@ def predict_orthos(
 ) -> dict[str, dict]:
     """Predict every orthophoto into ``out_dir/<stem>.tif``."""
     return {p.name: predict_raster(segmenter, p, out_dir / f"{p.stem}.tif", **options) for p in orthos}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``ilots predict`` options beyond ``--params`` and overrides."""
+    parser.add_argument("--model", help="MLflow model URI or bundle folder (default: predict.model_uri)")
+    parser.add_argument("--out", help="output folder (default: predict.out)")
+
+
+def command(args: argparse.Namespace, cfg: DictConfig) -> None:
+    """``ilots predict [INPUT ...] [--model URI] [--out DIR] [key=value ...]``."""
+    from ilots.bundle import load_segmenter
+    from ilots.config import project_root, resolve_path
+    from ilots.io import write_json
+    from ilots.tiles import ortho_paths
+    from ilots.tracking import setup_mlflow
+
+    root = project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    inputs = [Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)]
+    orthos = [p for item in inputs for p in (ortho_paths(item) if item.is_dir() else [item])]
+    out_dir = Path(args.out) if args.out else resolve_path(root, cfg.predict.out)
+    model_uri = args.model or cfg.predict.model_uri
+    segmenter = load_segmenter(model_uri)
+    summary = predict_orthos(
+        segmenter,
+        orthos,
+        out_dir,
+        window=int(cfg.predict.window),
+        overlap=int(cfg.predict.overlap),
+        batch_size=int(cfg.predict.batch_size),
+    )
+    write_json(out_dir / "summary.json", {"model": model_uri, "rasters": summary})
+    print(json.dumps(summary, indent=2))
