@@ -49,7 +49,9 @@ def test_every_option_of_every_group_composes_and_instantiates(group: str) -> No
             )
         elif group == "scheduler" and cfg.scheduler:
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-            instantiate(cfg.scheduler)(opt).step()
+            steps = {"total_steps": 10} if "total_steps" in cfg.scheduler else {}  # filled in by train
+            opt.step()
+            instantiate(cfg.scheduler, **steps)(opt).step()
 
 
 def test_unknown_key_is_an_error_naming_it() -> None:

@@ -8,7 +8,6 @@ A model is loaded back with ``load_segmenter(uri_or_path)``: an MLflow model URI
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ilots.errors import IlotsError
-
-# Our pyfunc takes raster arrays, which MLflow's type-hint validation cannot describe.
-warnings.filterwarnings("ignore", message=r".*type hints? .*`predict` method", category=UserWarning)
 
 META_FILE = "ilots-model.json"
 WEIGHTS_FILE = "weights.pt"

@@ -20,6 +20,7 @@ from ilots.errors import IlotsError
 log = logging.getLogger("ilots")
 
 
+
 def _cfg(args: argparse.Namespace) -> Any:
     from ilots.config import stage_config
 
@@ -142,20 +143,47 @@ def cmd_register(args: argparse.Namespace) -> None:
     cfg, root = _cfg(args), project_root()
     setup_mlflow(cfg.logger.tracking_uri, root)
     run = _train_run(root, cfg)
-    metrics = read_json(
-        resolve_path(root, cfg.evaluate.out) / "metrics.json",
-        "evaluation metrics (run `ilots evaluate` first)",
-    )
+    metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
+    metrics = read_json(metrics_path, "evaluation metrics (run `ilots evaluate` first)")
+    metric = str(cfg.register.metric)
+    if metrics["test"].get(metric) is None:
+        raise IlotsError(f"register.metric={metric} is not among the test metrics of {metrics_path}.")
     result = register(
         run["model_uri"],
-        float(metrics["test"]["miou"]),
+        float(metrics["test"][metric]),
         name=cfg.register.model_name,
         alias=cfg.register.alias,
         min_gain=float(cfg.register.min_gain),
+        metric=metric,
+        challenger_alias=cfg.register.challenger_alias,
         run_id=run["run_id"],
     )
     write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
     _print(result)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from ilots.config import project_root
+    from ilots.register import list_versions, promote, rollback
+    from ilots.tracking import setup_mlflow
+
+    cfg = _cfg(args)
+    setup_mlflow(cfg.logger.tracking_uri, project_root())
+    name, alias = cfg.register.model_name, cfg.register.alias
+    if args.action == "list":
+        rows = list_versions(name)
+        if not rows:
+            print(f"no version of {name} registered yet: run `dvc repro` or `ilots register`.")
+        for row in rows:
+            tags = " ".join(f"{k}={float(v):.4f}" for k, v in row.items() if k.startswith("test_"))
+            aliases = ",".join(f"@{a}" for a in row["aliases"]) or "-"
+            print(f"v{row['version']:<4} {aliases:<24} {tags}  run {row['run_id']}")
+    elif args.action == "promote":
+        if not args.version:
+            raise IlotsError("`ilots models promote` needs a VERSION: see `ilots models list`.")
+        _print(promote(name, args.version, alias))
+    else:
+        _print(rollback(name, alias))
 
 
 def _module_command(module: str, args: argparse.Namespace) -> None:
@@ -244,12 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(p)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
         p.set_defaults(func=func)
+    p = sub.add_parser("models", help="registered models: list, promote VERSION, rollback")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", help="the version to promote")
+    p.add_argument("--params", metavar="FILE", help="read the config from FILE instead of composing conf/")
+    p.set_defaults(func=cmd_models, overrides=[])
     try:
         from ilots.labeling.cli import add_parser as add_labeling
     except ImportError:  # the labeling package is optional
         pass
     else:
         add_labeling(sub)
+    from ilots.onnx import add_parser as add_export_onnx
+
+    add_export_onnx(sub)
     p = sub.add_parser("params", help="write params.yaml from conf/ (after you edit conf/)")
     p.add_argument("--out", default="params.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -126,3 +126,19 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting an :class:`IlotsError` raised inside through as itself."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, IlotsError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise IlotsError(f"configuration cannot be instantiated: {exc}") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import rasterio
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ilots.errors import IlotsError
 from ilots.io import read_json
@@ -40,6 +40,28 @@ def build_augmentation(augment: Mapping[str, float]) -> tuple[A.Compose, A.Compo
     return geometric, photometric
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by ``(seed, epoch)`` and tells the dataset the epoch.
+
+    Yields ``epoch * n + index`` so that the dataset seeds each sample's augmentation from
+    ``(seed, epoch, index)``: a run resumed from a checkpoint at epoch k sees exactly the batches
+    and augmentations the uninterrupted run saw, in worker processes too.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
+        return iter((self.epoch * self.n + order).tolist())
+
+
 class ChipDataset(Dataset[dict[str, torch.Tensor]]):
     """The chips of one split as ``{"image": float (C, H, W) normalized, "mask": long (H, W)}``."""
 
@@ -50,22 +72,28 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
         mean: list[float],
         std: list[float],
         augment: Mapping[str, float] | None = None,
+        seed: int = 0,
     ) -> None:
         index = read_json(tiles_dir / "index.json", "tiles index")
         self.paths = [tiles_dir / split / c["id"] for c in index["chips"] if c["split"] == split]
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         self.augment = build_augmentation(augment) if augment else None
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(key, len(self.paths))
         with rasterio.open(f"{self.paths[i]}.image.tif") as src:
             image = src.read()
         with rasterio.open(f"{self.paths[i]}.mask.tif") as src:
             mask = src.read(1)
         if self.augment is not None:
+            sample_seed = int(np.random.default_rng((self.seed, epoch, i)).integers(2**31))
+            for transform in self.augment:
+                transform.set_random_seed(sample_seed)
             image, mask = self._augment(image, mask)
         normalized = (image.astype(np.float32) - self.mean) / self.std
         return {"image": torch.from_numpy(normalized), "mask": torch.from_numpy(mask.astype(np.int64))}
@@ -89,13 +117,20 @@ class ChipDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         augment: Mapping[str, float] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.tiles_dir = Path(tiles_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augment = dict(augment or {})
-        index = read_json(self.tiles_dir / "index.json", "tiles index (run `ilots tiles` first)")
+        if not (self.tiles_dir / "index.json").is_file():
+            raise IlotsError(
+                f"tiles folder {self.tiles_dir} holds no tiles (no index.json): run `ilots tiles` "
+                "(or `dvc repro tiles`) first, or point data.tiles_dir at a tiles folder."
+            )
+        index = read_json(self.tiles_dir / "index.json", "tiles index")
         self.stats: dict[str, Any] = read_json(self.tiles_dir / "stats.json", "tiles statistics")
         self.band_names: list[str] = index["band_names"]
         self.in_channels: int = int(index["bands"])
@@ -107,8 +142,22 @@ class ChipDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool = False) -> ChipDataset:
         """The dataset of one split."""
         return ChipDataset(
-            self.tiles_dir, split, self.stats["mean"], self.stats["std"], self.augment if augment else None
+            self.tiles_dir,
+            split,
+            self.stats["mean"],
+            self.stats["std"],
+            self.augment if augment else None,
+            seed=self.seed,
         )
+
+    def class_frequencies(self) -> np.ndarray:
+        """Share of each class among the annotated pixels of the train chips."""
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for path in self.dataset("train").paths:
+            with rasterio.open(f"{path}.mask.tif") as src:
+                mask = src.read(1)
+            counts += np.bincount(mask[mask < len(self.classes)].ravel(), minlength=len(self.classes))
+        return counts / max(int(counts.sum()), 1)
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         return self._loader("train", shuffle=True)
@@ -120,10 +169,11 @@ class ChipDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[dict[str, torch.Tensor]]:
+        dataset = self.dataset(split, augment=shuffle)
         return DataLoader(
-            self.dataset(split, augment=shuffle),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -20,14 +20,17 @@ from ilots.datamodule import ChipDataset
 from ilots.errors import IlotsError
 from ilots.io import atomic_path, write_json
 from ilots.metrics import confusion_matrix, scores
+from ilots.report import confusion_figure
 
 
-def test_confusion(segmenter: Segmenter, tiles_dir: Path, batch_size: int, ignore_index: int) -> np.ndarray:
-    """Confusion matrix ``cm[true, predicted]`` of the segmenter over the test chips."""
+def test_confusion(
+    segmenter: Segmenter, tiles_dir: Path, batch_size: int, ignore_index: int, split: str = "test"
+) -> np.ndarray:
+    """Confusion matrix ``cm[true, predicted]`` of the segmenter over the chips of a split."""
     # Chips are fed raw: the segmenter normalizes with its own statistics.
-    dataset = ChipDataset(tiles_dir, "test", [0.0] * segmenter.in_channels, [1.0] * segmenter.in_channels)
+    dataset = raw_chips(tiles_dir, split, segmenter.in_channels)
     if len(dataset) == 0:
-        raise IlotsError(f"tiles folder {tiles_dir} has no test chip: rerun `ilots tiles` with a test split.")
+        raise IlotsError(f"tiles folder {tiles_dir} has no {split} chip: rerun `ilots tiles`.")
     n = len(segmenter.classes)
     cm = torch.zeros(n, n, dtype=torch.long)
     for batch in DataLoader(dataset, batch_size=batch_size):
@@ -36,20 +39,14 @@ def test_confusion(segmenter: Segmenter, tiles_dir: Path, batch_size: int, ignor
     return cm.numpy()
 
 
+def raw_chips(tiles_dir: Path, split: str, bands: int) -> ChipDataset:
+    """The chips of a split in raster units (no normalization, no augmentation)."""
+    return ChipDataset(tiles_dir, split, [0.0] * bands, [1.0] * bands)
+
+
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], dest: Path) -> None:
     """Row-normalized confusion matrix as a PNG (rows: truth, columns: prediction)."""
-    with np.errstate(invalid="ignore"):
-        norm = cm / cm.sum(axis=1, keepdims=True)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (i, j), value in np.ndenumerate(np.nan_to_num(norm)):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
-    ax.set_title("Test confusion (row-normalized)")
-    fig.tight_layout()
+    fig = confusion_figure(cm, classes, "Test confusion (row-normalized)")
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -23,12 +23,14 @@ class SegmentationModule(L.LightningModule):
         classes: Sequence[str],
         ignore_index: int = 255,
         scheduler: Callable[..., Any] | None = None,
+        step_scheduler: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.step_scheduler = step_scheduler
         self.classes = list(classes)
         self.ignore_index = ignore_index
         self._val_cm: torch.Tensor | None = None
@@ -54,11 +56,16 @@ class SegmentationModule(L.LightningModule):
         self._val_cm = None
         self.log("val/miou", result["miou"])
         for name in self.classes:
-            value = result[f"iou_{name}"]
-            self.log(f"val/iou_{name}", value if value == value else 0.0)
+            for metric in ("iou", "f1"):
+                value = result[f"{metric}_{name}"]
+                self.log(f"val/{metric}_{name}", value if value == value else 0.0)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        interval = "step" if self.step_scheduler else "epoch"
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": interval},
+        }

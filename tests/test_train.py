@@ -1,0 +1,139 @@
+"""Training: exact resume, early stopping, class weights, pretrained encoders, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from ilots.config import compose
+from ilots.errors import IlotsError
+from ilots.losses import auto_class_weights
+from ilots.nets import build_net
+
+QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2", "data.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiles of a tiny sample city, cut once for the module."""
+    from ilots.cli import main
+    from ilots.sample import generate_sample_city
+
+    root = tmp_path_factory.mktemp("tiles")
+    shutil.copytree(REPO / "conf", root / "conf")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    generate_sample_city(root / "data", size=256, labeling_tile=128)
+    assert main(["labels", "experiment=tiny"]) == 0
+    assert main(["tiles", "experiment=tiny"]) == 0
+    mp.undo()
+    return root
+
+
+@pytest.fixture
+def project(tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project (own MLflow store and checkpoints) sharing the module's tiles."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "tiles").symlink_to(tiles / "experiments" / "tiles")
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning as L
+
+    import ilots.train as train_module
+
+    overrides = [*QUICK, "trainer.max_epochs=3"]
+    straight = train_module.train(compose(overrides))
+
+    class KillInSecondEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.current_epoch == 1:
+                raise RuntimeError("power cut")
+
+    make_trainer = train_module.make_trainer
+
+    def killing_trainer(*args: object, **kwargs: object) -> L.Trainer:
+        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.append(KillInSecondEpoch())
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", killing_trainer)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_module.train(compose(overrides))
+    monkeypatch.setattr(train_module, "make_trainer", make_trainer)
+    killed_ckpt = max((project / "experiments" / "checkpoints").glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(killed_ckpt, map_location="cpu", weights_only=False)["epoch"] < 2
+    resumed = train_module.train(compose([*overrides, "train.resume=last"]))
+
+    assert resumed["run_id"] == killed_ckpt.parent.name != straight["run_id"]
+    a = weights(project / straight["checkpoint"].replace("best.ckpt", "last.ckpt"))
+    b = weights(project / resumed["checkpoint"].replace("best.ckpt", "last.ckpt"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert resumed["val_miou"] == pytest.approx(straight["val_miou"], abs=1e-6)
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(project: Path) -> None:
+    from ilots.train import train
+
+    result = train(compose([*QUICK, "trainer.max_epochs=30", "train.early_stopping_patience=1",
+                            "optimizer.lr=1e-9", "scheduler=none"]))  # fmt: skip
+    assert result["epochs"] < 30
+
+
+def test_band_count_differing_from_the_model_is_a_clear_error(project: Path) -> None:
+    from ilots.train import train
+
+    with pytest.raises(IlotsError, match="model.in_channels=3 but the tiles have 4 bands"):
+        train(compose([*QUICK, "+model.in_channels=3"]))
+
+
+def test_empty_tiles_folder_is_a_clear_error(project: Path) -> None:
+    from ilots.train import train
+
+    (project / "empty").mkdir()
+    with pytest.raises(IlotsError, match=r"tiles folder .*empty holds no tiles .*run `ilots tiles`"):
+        train(compose([*QUICK, f"data.tiles_dir={project / 'empty'}"]))
+
+
+def test_auto_class_weights_favour_rare_classes() -> None:
+    weights = auto_class_weights([0.6, 0.25, 0.04, 0.11])
+    assert np.mean(weights) == pytest.approx(1.0, abs=1e-3)
+    assert weights[2] > weights[3] > weights[1] > weights[0]
+
+
+def test_local_pretrained_encoder_is_loaded_and_first_layer_adapted_to_four_bands(tmp_path: Path) -> None:
+    rgb_net, _ = build_net({"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18",
+                            "encoder_weights": None}, 3, 4)  # fmt: skip
+    torch.save(rgb_net.encoder.state_dict(), tmp_path / "encoder.pt")
+    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None,
+           "weights_file": str(tmp_path / "encoder.pt")}  # fmt: skip
+    net, arch = build_net(cfg, 4, 4)
+    assert "weights_file" not in arch and arch["in_channels"] == 4
+    torch.testing.assert_close(net.encoder.layer4[0].conv1.weight, rgb_net.encoder.layer4[0].conv1.weight)
+    rgb_conv, nir_conv = rgb_net.encoder.conv1.weight, net.encoder.conv1.weight
+    torch.testing.assert_close(nir_conv[:, :3], rgb_conv * 0.75)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None,
+           "weights_file": str(tmp_path / "nope.pt")}  # fmt: skip
+    with pytest.raises(IlotsError, match=r"model.weights_file .*nope\.pt does not exist"):
+        build_net(cfg, 4, 4)
