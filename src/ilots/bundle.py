@@ -7,8 +7,10 @@ A model is loaded back with ``load_segmenter(uri_or_path)``: an MLflow model URI
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +109,33 @@ def make_meta(
     }
 
 
-class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc face of a bundle: raster windows (N, bands, H, W) in, class values (N, H, W) out."""
+@contextlib.contextmanager
+def _quiet_subclassing() -> Iterator[None]:
+    """Silence MLflow's advice to type-hint ``predict``: our input is a raster array it cannot describe.
 
-    def load_context(self, context: Any) -> None:
-        self.segmenter = Segmenter.load(Path(context.artifacts["bundle"]))
+    (MLflow emits it from ``PythonModel.__init_subclass__`` under its own ``simplefilter``, so a
+    warnings filter cannot reach it.)
+    """
+    show = warnings.showwarning
+    warnings.showwarning = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        # No type hints here: MLflow would validate (and reject) array input against them.
-        probs = self.segmenter.predict_proba(np.asarray(model_input))
-        return probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+with _quiet_subclassing():
+
+    class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc face of a bundle: raster windows (N, bands, H, W) in, class values (N, H, W) out."""
+
+        def load_context(self, context: Any) -> None:
+            self.segmenter = Segmenter.load(Path(context.artifacts["bundle"]))
+
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            # No type hints here: MLflow would validate (and reject) array input against them.
+            probs = self.segmenter.predict_proba(np.asarray(model_input))
+            return probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
 
 
 PIP_REQUIREMENTS = ["ilots", "torch", "segmentation-models-pytorch", "hydra-core", "mlflow"]

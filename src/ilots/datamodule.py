@@ -20,7 +20,7 @@ from ilots.io import read_json
 def build_augmentation(augment: Mapping[str, float]) -> tuple[A.Compose, A.Compose]:
     """Geometric transforms (all bands + mask) and photometric ones (visible bands only: NIR stays
     physical)."""
-    known = {"hflip", "vflip", "rot90", "brightness_contrast", "noise"}
+    known = {"hflip", "vflip", "rot90", "scale", "brightness_contrast", "hue", "blur", "noise"}
     unknown = set(augment) - known
     if unknown:
         raise IlotsError(f"data.augment has unknown option(s) {sorted(unknown)}; known: {sorted(known)}.")
@@ -29,11 +29,15 @@ def build_augmentation(augment: Mapping[str, float]) -> tuple[A.Compose, A.Compo
             A.HorizontalFlip(p=augment.get("hflip", 0.0)),
             A.VerticalFlip(p=augment.get("vflip", 0.0)),
             A.RandomRotate90(p=augment.get("rot90", 0.0)),
+            # Zoom in/out by up to 25 %, keeping the chip size (ground resolution varies between flights).
+            A.Affine(scale=(0.8, 1.25), keep_ratio=True, fill=0, fill_mask=255, p=augment.get("scale", 0.0)),
         ]
     )
     photometric = A.Compose(
         [
             A.RandomBrightnessContrast(0.15, 0.15, p=augment.get("brightness_contrast", 0.0)),
+            A.HueSaturationValue(8, 12, 0, p=augment.get("hue", 0.0)),
+            A.GaussianBlur(blur_limit=(3, 3), p=augment.get("blur", 0.0)),
             A.GaussNoise(std_range=(0.01, 0.04), p=augment.get("noise", 0.0)),
         ]
     )

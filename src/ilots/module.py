@@ -52,7 +52,10 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._val_cm is None:
             return
-        result = scores(self._val_cm.cpu().numpy(), self.classes)
+        cm = self._val_cm
+        if self.trainer.world_size > 1:  # each process saw a shard of the validation chips
+            cm = self.all_gather(cm).sum(dim=0)
+        result = scores(cm.cpu().numpy(), self.classes)
         self._val_cm = None
         self.log("val/miou", result["miou"])
         for name in self.classes:
