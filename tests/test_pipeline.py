@@ -29,7 +29,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
         mp.delenv(var, raising=False)
     sample = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)
-    for stage in ("labels", "tiles", "train", "evaluate", "register", "predict"):
+    for stage in ("labels", "tiles", "train", "evaluate", "baseline", "register", "predict", "summary"):
         assert main([stage, *TINY]) == 0, stage
     yield {"root": root, "sample": sample}
     mp.undo()
@@ -66,7 +66,12 @@ def test_run_is_tracked_and_champion_registered(trained: dict) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
     logged = mlflow.get_run(run["run_id"])
     assert logged.data.params["model.encoder_name"] == "resnet18"
-    assert "val/iou_roof" in logged.data.metrics and "test_miou" in logged.data.metrics
+    assert {"val/iou_roof", "val/f1_tree", "test_miou", "lr-AdamW"} <= set(logged.data.metrics)
+    assert logged.data.tags["git_commit"] and logged.data.tags["dvc_data_md5"] == "untracked"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "validation")}
+    assert {"validation/confusion.png", "validation/overlays.png"} <= artifacts
+    card = mlflow.artifacts.load_text(f"runs:/{run['run_id']}/model_card.md")
+    assert "| roof |" in card and "Limits" in card
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss_epoch")
     assert len(history) == 6
     champion = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
@@ -77,6 +82,26 @@ def test_run_is_tracked_and_champion_registered(trained: dict) -> None:
     assert model.predict(window).shape == (1, 64, 64)
 
 
+def test_frugal_baseline_is_scored_tracked_and_registered_beside_the_network(trained: dict) -> None:
+    root = trained["root"]
+    baseline = json.loads((root / "experiments" / "baseline" / "metrics.json").read_text())
+    assert baseline["model"] == "ilots-segmenter-baseline" and 0 < baseline["test"]["miou"] <= 1
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/ilots-segmenter-baseline@champion")
+    window = np.full((2, 4, 32, 32), 90, np.uint8)
+    assert model.predict(window).shape == (2, 32, 32)
+    runs = mlflow.search_runs(experiment_names=["ilots"])
+    assert {"train", "baseline"} <= set(runs["tags.stage"])
+
+
+def test_models_command_lists_promotes_and_rolls_back(trained: dict, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    assert "@champion" in capsys.readouterr().out
+    assert main(["models", "promote", "999"]) == 2
+    assert "no version 999" in capsys.readouterr().err
+
+
 def test_worse_model_is_registered_but_not_champion(trained: dict) -> None:
     root = trained["root"]
     run = json.loads((root / "experiments" / "train" / "run.json").read_text())
@@ -85,10 +110,15 @@ def test_worse_model_is_registered_but_not_champion(trained: dict) -> None:
     champion = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
     worse = register(run["model_uri"], -1.0, name="ilots-segmenter", alias="champion", min_gain=0.0)
     assert not worse["promoted"] and worse["champion_version"] == int(champion.version)
+    challenger = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "challenger")
+    assert int(challenger.version) == worse["version"]
     better = register(run["model_uri"], 2.0, name="ilots-segmenter", alias="champion", min_gain=0.0)
     assert better["promoted"]
     now = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
     assert int(now.version) == better["version"]
+    assert main(["models", "rollback"]) == 0
+    back = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
+    assert int(back.version) == int(champion.version)
 
 
 def test_bad_export_fails_with_one_sentence_and_keeps_masks(

@@ -20,7 +20,6 @@ from ilots.errors import IlotsError
 log = logging.getLogger("ilots")
 
 
-
 def _cfg(args: argparse.Namespace) -> Any:
     from ilots.config import stage_config
 
@@ -162,6 +161,31 @@ def cmd_register(args: argparse.Namespace) -> None:
     _print(result)
 
 
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from ilots.baseline import log_baseline, train_baseline
+    from ilots.config import project_root, resolve_path
+    from ilots.io import write_json
+    from ilots.register import register
+    from ilots.tracking import setup_mlflow
+
+    cfg, root = _cfg(args), project_root()
+    b = cfg.baseline
+    model, result, cm = train_baseline(
+        resolve_path(root, cfg.tiles.out), classes=list(cfg.classes), pixels=int(b.pixels),
+        trees=int(b.trees), max_depth=b.max_depth, seed=int(cfg.seed), ignore_index=int(cfg.ignore_index),
+    )  # fmt: skip
+    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
+    params = {"pixels": b.pixels, "trees": b.trees, "max_depth": b.max_depth, "seed": cfg.seed}
+    uri = log_baseline(model, result, cm, params)
+    metric = str(cfg.register.metric)
+    reg = register(uri, float(result[metric]), name=f"{cfg.register.model_name}-baseline",
+                   alias=cfg.register.alias, min_gain=0.0, metric=metric)  # fmt: skip
+    scores = {k: round(v, 4) if v == v else None for k, v in result.items()}
+    write_json(resolve_path(root, b.out) / "metrics.json", {"test": scores, "confusion": cm.tolist(),
+               "classes": list(cfg.classes), "model": reg["name"], "version": reg["version"]})  # fmt: skip
+    _print(scores)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from ilots.config import project_root
     from ilots.register import list_versions, promote, rollback
@@ -208,6 +232,13 @@ def cmd_summary(args: argparse.Namespace) -> None:
         )
         lines.append(f"  test IoU        {ious} (mIoU {test['miou']:.3f})")
         lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
+    baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
+    if baseline_path.is_file():
+        base = json.loads(baseline_path.read_text())["test"]
+        ious = ", ".join(
+            f"{c} {base[f'iou_{c}']:.3f}" for c in cfg.classes if base.get(f"iou_{c}") is not None
+        )
+        lines.append(f"  baseline IoU    {ious} (mIoU {base['miou']:.3f}, per-pixel random forest)")
     registered = resolve_path(root, cfg.register.out) / "registered.json"
     if registered.is_file():
         reg = json.loads(registered.read_text())
@@ -243,6 +274,7 @@ STAGES: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "tiles": (cmd_tiles, "orthophotos + masks -> training chips with a spatially separated split."),
     "train": (cmd_train, "train the configured segmenter; log the run and the model to MLflow."),
     "evaluate": (cmd_evaluate, "score the trained model on the test chips: metrics JSON + confusion plot."),
+    "baseline": (cmd_baseline, "the frugal baseline: a per-pixel random forest, scored on the test chips."),
     "register": (cmd_register, "register the model in MLflow; move the champion alias if it is not worse."),
     "predict": (
         lambda args: _module_command("ilots.predict", args),
