@@ -495,7 +495,8 @@ def test_pull_export_writes_the_json_export(tmp_path: Path, stub: tuple[str, typ
     handler.body = json.dumps(_good_tasks()).encode()
     dest = tmp_path / "labels" / "export.json"
     assert pull_export(url, KEY, 3, dest) == dest
-    assert json.loads(dest.read_text()) == _good_tasks()
+    expected = [{k: v for k, v in t.items() if k != "predictions"} for t in _good_tasks()]
+    assert json.loads(dest.read_text()) == expected
     assert handler.paths[0].startswith("/api/projects/3/export")
     assert "download_all_tasks=true" in handler.paths[0]
 
@@ -519,4 +520,31 @@ def test_pull_export_server_refusals(
         pull_export(url, KEY, 3, dest)
     assert KEY not in str(info.value)
     assert dest.read_text() == "previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.json"]
+
+
+def test_pull_export_snapshot_only_changes_with_the_annotations(
+    tmp_path: Path, stub: tuple[str, type[_Stub]]
+) -> None:
+    url, handler = stub
+    tasks = [*_good_tasks(), task(3, 0, 0, [])]
+    handler.body = json.dumps(tasks).encode()
+    dest = tmp_path / "export.json"
+    pull_export(url, KEY, 3, dest)
+    first, mtime = dest.read_bytes(), dest.stat().st_mtime_ns
+    assert [t["id"] for t in json.loads(first)] == [3, 7]
+    # same annotations, other order, new pre-annotations and counters: same file, not rewritten
+    for t in tasks:
+        t["predictions"] = [{"id": 1, "result": [], "model_version": "v2"}]
+        t["total_predictions"] = 1
+        t["updated_at"] = "2026-11-01T00:00:00Z"
+    handler.body = json.dumps(tasks[::-1]).encode()
+    pull_export(url, KEY, 3, dest)
+    assert dest.read_bytes() == first
+    assert dest.stat().st_mtime_ns == mtime
+    # a changed annotation changes the snapshot
+    tasks[0]["annotations"][0]["result"] = []
+    handler.body = json.dumps(tasks).encode()
+    pull_export(url, KEY, 3, dest)
+    assert dest.read_bytes() != first
     assert [p.name for p in tmp_path.iterdir()] == ["export.json"]

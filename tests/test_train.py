@@ -77,7 +77,9 @@ def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
     with pytest.raises(RuntimeError, match="power cut"):
         train_module.train(compose(overrides))
     monkeypatch.setattr(train_module, "make_trainer", make_trainer)
-    killed_ckpt = max((project / "experiments" / "checkpoints").glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    killed_ckpt = max(
+        (project / "experiments" / "checkpoints").glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime
+    )
     assert torch.load(killed_ckpt, map_location="cpu", weights_only=False)["epoch"] < 2
     resumed = train_module.train(compose([*overrides, "train.resume=last"]))
 
@@ -137,3 +139,24 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
            "weights_file": str(tmp_path / "nope.pt")}  # fmt: skip
     with pytest.raises(IlotsError, match=r"model.weights_file .*nope\.pt does not exist"):
         build_net(cfg, 4, 4)
+
+
+def test_multirun_trains_every_combination_into_its_own_run(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    import mlflow
+
+    from ilots.cli import main
+
+    overrides = [*QUICK, "train.overlays=0", "trainer.max_epochs=1", "model=unet,fpn"]
+    assert main(["train", "--multirun", *overrides]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["overrides"][-1] for r in results] == ["model=unet", "model=fpn"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'experiments' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ilots"])
+    assert set(runs["params.model._target_"]) == {
+        "segmentation_models_pytorch.Unet",
+        "segmentation_models_pytorch.FPN",
+    }

@@ -67,7 +67,9 @@ class Segmenter:
         pad_h, pad_w = (-height) % 32, (-width) % 32
         normalized = (batch - self._mean) / self._std
         if pad_h or pad_w:
-            normalized = torch.nn.functional.pad(normalized, (0, pad_w, 0, pad_h), mode="reflect")
+            small = pad_h >= height or pad_w >= width  # reflect needs the pad to be smaller than the side
+            mode = "replicate" if small else "reflect"
+            normalized = torch.nn.functional.pad(normalized, (0, pad_w, 0, pad_h), mode=mode)
         logits = self.net(normalized)[..., :height, :width]
         return logits.float().softmax(dim=1)
 

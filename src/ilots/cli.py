@@ -95,10 +95,42 @@ def cmd_tiles(args: argparse.Namespace) -> None:
     )
 
 
+def sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra sweep syntax (``model=unet,fpn lr=range(...)``) -> every combination of plain overrides."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise IlotsError(f"overrides {list(overrides)} cannot be parsed: {exc}") from exc
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for o in parsed
+    ]
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from ilots.config import compose
     from ilots.train import train
 
-    _print(train(_cfg(args)))
+    if not args.multirun:
+        _print(train(_cfg(args)))
+        return
+    if args.params:
+        raise IlotsError(
+            "--multirun composes conf/: use it without --params (or sweep with `dvc exp run --queue`)."
+        )
+    results = []
+    for combo in sweep(args.overrides):
+        log.info("multirun %d: %s", len(results) + 1, " ".join(combo))
+        results.append({"overrides": combo, **train(compose(combo))})
+    _print(results)
 
 
 def _train_run(root: Path, cfg: Any) -> dict[str, Any]:
@@ -298,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="read the composed config from FILE (params.yaml) instead of composing conf/",
         )
+        if name == "train":
+            p.add_argument(
+                "-m", "--multirun", action="store_true", help="run every combination of a,b,c overrides"
+            )
         if name == "predict":
             from ilots.predict import add_arguments
 
@@ -315,9 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_labeling(sub)
-    from ilots.onnx import add_parser as add_export_onnx
-
-    add_export_onnx(sub)
     p = sub.add_parser("params", help="write params.yaml from conf/ (after you edit conf/)")
     p.add_argument("--out", default="params.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value")

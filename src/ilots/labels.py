@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -184,7 +186,9 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path) -> Path:
     """Download a project's JSON export (all tasks) from a live Label Studio server.
 
     Connection failures are retried (3 tries, with backoff). ``dest`` is replaced atomically,
-    and only by a valid JSON export. The API key never appears in an error message.
+    only by a valid JSON export, and only when its content changed: the snapshot is canonical
+    (:func:`canonical_export`), so its hash moves only when the annotations do. The API key never
+    appears in an error message.
 
     Args:
         url: Base URL of the server, e.g. ``http://localhost:8080``.
@@ -200,13 +204,60 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path) -> Path:
             not send a JSON export.
     """
     dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
+    os.close(fd)
+    download = Path(name)
     try:
-        with atomic_path(dest) as tmp:
-            _download_with_retries(url, api_key, project_id, tmp)
-            _check_export_file(tmp, url, project_id)
+        _download_with_retries(url, api_key, project_id, download)
+        snapshot = canonical_export(_check_export_file(download, url, project_id))
     except IlotsError as exc:
         raise IlotsError(_redact(str(exc), api_key)) from None
+    finally:
+        download.unlink(missing_ok=True)
+    if not dest.is_file() or dest.read_bytes() != snapshot:
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(snapshot)
     return dest
+
+
+# Fields that change without any annotation changing (pre-annotations, comments, counters): left
+# out of the snapshot so that its hash, which `dvc repro` tracks, moves only with the annotations.
+_VOLATILE_TASK_FIELDS = frozenset(
+    {
+        "predictions",
+        "drafts",
+        "updated_at",
+        "updated_by",
+        "total_predictions",
+        "comment_count",
+        "unresolved_comment_count",
+        "last_comment_updated_at",
+        "comment_authors",
+        "annotators",
+        "is_labeled",
+        "overlap",
+    }
+)
+
+
+def canonical_export(tasks: list[dict]) -> bytes:
+    """The export as a stable snapshot: tasks and annotations sorted by id, keys sorted,
+    volatile task fields dropped. Same annotations, same bytes.
+    """
+    snapshot = []
+    for task in sorted(tasks, key=lambda t: t.get("id", -1) if isinstance(t, dict) else -1):
+        if not isinstance(task, dict):
+            snapshot.append(task)
+            continue
+        kept = {k: v for k, v in task.items() if k not in _VOLATILE_TASK_FIELDS}
+        if isinstance(kept.get("annotations"), list):
+            kept["annotations"] = sorted(
+                kept["annotations"],
+                key=lambda a: a.get("id", -1) if isinstance(a, dict) and isinstance(a.get("id"), int) else -1,
+            )
+        snapshot.append(kept)
+    return (json.dumps(snapshot, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 # --------------------------------------------------------------------------- export parsing
@@ -669,8 +720,8 @@ def _api_failure(url: str, project_id: int, exc: Exception) -> IlotsError:
     )
 
 
-def _check_export_file(path: Path, url: str, project_id: int) -> None:
-    """Fail unless the downloaded file is a JSON list of tasks."""
+def _check_export_file(path: Path, url: str, project_id: int) -> list:
+    """The downloaded tasks; fails unless the file is a JSON list of tasks."""
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -680,6 +731,7 @@ def _check_export_file(path: Path, url: str, project_id: int) -> None:
             f"the server at {url} did not send a JSON export for project {project_id}: check that "
             "the URL points to Label Studio."
         )
+    return tasks
 
 
 def _redact(message: str, secret: str) -> str:

@@ -1,0 +1,196 @@
+"""``ilots labeling ...``: the annotators' loop with a live Label Studio server.
+
+Connection settings come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (a legacy token or
+a personal access token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ilots.labeling.connection import Connection, settings_from_env
+from ilots.labeling.project import DEFAULT_CONFIG, DEFAULT_TITLE
+
+
+def _print(summary: Any) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _connect() -> Connection:
+    url, key = settings_from_env()
+    return Connection(url, key)
+
+
+def _project_id(conn: Connection, args: argparse.Namespace) -> int:
+    from ilots.labeling.project import resolve_project
+
+    return resolve_project(conn, args.project)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from ilots.labeling.project import init_project, read_label_config
+
+    config = read_label_config(Path(args.config))
+    with _connect() as conn:
+        _print(init_project(conn, args.title, config))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from ilots.labeling.publish import make_storage, parse_bands, publish
+
+    storage = make_storage(
+        args.storage,
+        Path(args.tiles_dir) if args.tiles_dir else None,
+        args.url_prefix,
+        Path(args.document_root) if args.document_root else None,
+    )
+    with _connect() as conn:
+        project_id = _project_id(conn, args)
+        _print(
+            publish(
+                conn,
+                project_id,
+                [Path(p) for p in args.orthos],
+                storage,
+                tile_size=args.tile_size,
+                bands=parse_bands(args.bands),
+            )
+        )
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    from ilots.cli import cmd_labels
+
+    settings_from_env()  # the labels stage pulls only when both are set: here they are required
+    if args.project is not None:
+        args.overrides = [*args.overrides, f"labels.project_id={int(args.project)}"]
+    cmd_labels(args)
+
+
+def cmd_prelabel(args: argparse.Namespace) -> None:
+    from ilots.bundle import load_segmenter
+    from ilots.labeling.prelabel import prelabel
+
+    segmenter = load_segmenter(args.model)
+    with _connect() as conn:
+        project_id = _project_id(conn, args)
+        version = args.model_version or model_version(args.model)
+        _print(prelabel(conn, project_id, segmenter, Path(args.orthos), version))
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> None:
+    from ilots.errors import IlotsError
+    from ilots.labeling.bootstrap import bootstrap, read_layer
+
+    if len(args.vector) != len(args.cls):
+        raise IlotsError("give one --class per --vector (e.g. --vector buildings.gpkg --class roof).")
+    if args.where and len(args.where) not in (1, len(args.vector)):
+        raise IlotsError("give one --where for all --vector, or one per --vector.")
+    wheres = (args.where or [None]) * (len(args.vector) if len(args.where or []) <= 1 else 1)
+    layers = [(c, read_layer(Path(v), w)) for v, c, w in zip(args.vector, args.cls, wheres, strict=True)]
+    version = args.model_version or "bootstrap:" + "+".join(Path(v).stem for v in args.vector)
+    with _connect() as conn:
+        _print(bootstrap(conn, _project_id(conn, args), layers, version))
+
+
+def model_version(uri: str) -> str:
+    """A version name that changes when the model does: ``name/version`` for registry URIs."""
+    if uri.startswith("models:/"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        if ref:
+            try:
+                from mlflow import MlflowClient
+
+                return f"{name}/{MlflowClient().get_model_version_by_alias(name, ref).version}"
+            except Exception:  # an unreachable registry: the URI still names the model
+                return uri.removeprefix("models:/")
+        return uri.removeprefix("models:/")
+    return Path(uri).name or uri
+
+
+def _add_project_option(p: argparse.ArgumentParser, default: str | None = DEFAULT_TITLE) -> None:
+    p.add_argument(
+        "--project",
+        default=default,
+        help=f"project id or title (default: {default!r})" if default else "project id or title",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``ilots labeling`` and its sub-commands to the ``ilots`` parser."""
+    labeling = sub.add_parser(
+        "labeling",
+        help="Label Studio round trip: init, publish tiles, pull masks, pre-annotate.",
+        description=__doc__,
+    )
+    commands = labeling.add_subparsers(dest="labeling_command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("init", help="create the project from labeling/config.xml, or update it")
+    p.add_argument("--title", default=DEFAULT_TITLE, help=f"project title (default: {DEFAULT_TITLE})")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="labeling config XML")
+    p.set_defaults(func=cmd_init)
+
+    p = commands.add_parser(
+        "publish", help="cut orthophotos into PNG tiles and create one georeferenced task per tile"
+    )
+    p.add_argument("orthos", nargs="+", metavar="ORTHO", help="orthophoto GeoTIFF(s)")
+    _add_project_option(p)
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default: 512)")
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="bands rendered as R,G,B, 1-based (default: the first three; 4,1,2 = NIR false colour)",
+    )
+    p.add_argument(
+        "--storage",
+        choices=("local-files", "url"),
+        default="local-files",
+        help="how the server reads the tiles (default: local-files)",
+    )
+    p.add_argument(
+        "--tiles-dir",
+        default=None,
+        help="where PNG tiles are written (default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT/ilots/tiles)",
+    )
+    p.add_argument("--document-root", default=None, help="the server's local-files document root")
+    p.add_argument("--url-prefix", default=None, help="url storage: URL of --tiles-dir as the server sees it")
+    p.set_defaults(func=cmd_publish)
+
+    p = commands.add_parser(
+        "pull",
+        help="export the annotations (snapshot for dvc) and write georeferenced masks (= ilots labels)",
+    )
+    p.add_argument("--params", metavar="FILE", help="read the composed config from FILE (params.yaml)")
+    p.add_argument("--project", default=None, help="project id (default: labels.project_id)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
+    p.set_defaults(func=cmd_pull)
+
+    p = commands.add_parser(
+        "prelabel", help="push model predictions on unannotated tasks as pre-annotations, least sure first"
+    )
+    p.add_argument("--model", default="models:/ilots-segmenter@champion", help="model URI or bundle folder")
+    _add_project_option(p)
+    p.add_argument("--orthos", default="data/orthos", help="folder of the source orthophotos")
+    p.add_argument("--model-version", default=None, help="version shown in Label Studio (default: --model)")
+    p.set_defaults(func=cmd_prelabel)
+
+    p = commands.add_parser(
+        "bootstrap", help="existing vector layers (buildings, water...) -> pre-annotations to correct"
+    )
+    p.add_argument(
+        "--vector", action="append", required=True, help="GeoJSON, GeoPackage, Shapefile (repeatable)"
+    )
+    p.add_argument(
+        "--class", dest="cls", action="append", required=True, help="class of the --vector (repeatable)"
+    )
+    p.add_argument(
+        "--where", action="append", default=None, help="OGR SQL filter, e.g. \"nature = 'Bâtiment'\""
+    )
+    _add_project_option(p)
+    p.add_argument(
+        "--model-version", default=None, help="version shown in Label Studio (default: bootstrap:<files>)"
+    )
+    p.set_defaults(func=cmd_bootstrap)

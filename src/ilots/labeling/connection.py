@@ -1,0 +1,199 @@
+"""Talking to a Label Studio server: settings from the environment, bounded retries, clear errors.
+
+Every call to the server goes through :meth:`Connection.call`, which retries connection failures
+and gateway errors (502, 503, 504) with exponential backoff, then raises an
+:class:`~ilots.errors.IlotsError` of one sentence. The API key (a legacy token or a personal access
+token: the SDK tells them apart) never appears in a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from ilots.errors import IlotsError
+
+log = logging.getLogger(__name__)
+
+URL_ENV = "LABEL_STUDIO_URL"
+KEY_ENV = "LABEL_STUDIO_API_KEY"
+
+TRIES = 4
+BACKOFF_S = 0.5
+TIMEOUT_S = 60.0
+PAGE_SIZE = 100
+_RETRY_STATUSES = (502, 503, 504)
+
+T = TypeVar("T")
+
+
+def settings_from_env() -> tuple[str, str]:
+    """``(url, api_key)`` from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``."""
+    url, key = os.environ.get(URL_ENV, "").strip(), os.environ.get(KEY_ENV, "").strip()
+    if not url or not key:
+        missing = " and ".join(n for n, v in ((URL_ENV, url), (KEY_ENV, key)) if not v)
+        raise IlotsError(
+            f"{missing} not set: export the server's URL and an access token (Account & Settings "
+            "in Label Studio) in the environment."
+        )
+    return url.rstrip("/"), key
+
+
+@dataclass
+class Connection:
+    """A Label Studio client with retries and error messages fit for users."""
+
+    url: str
+    api_key: str
+    tries: int = TRIES
+    backoff_s: float = BACKOFF_S
+    timeout_s: float = TIMEOUT_S
+    _http: httpx.Client = field(init=False, repr=False)
+    _client: Any = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        self._http = httpx.Client(timeout=self.timeout_s, follow_redirects=True)
+
+    @property
+    def client(self) -> Any:
+        """The SDK's ``LabelStudio`` client (created on first use: a bad JWT key fails here)."""
+        if self._client is None:
+            from label_studio_sdk import LabelStudio
+
+            self._client = self.call(
+                lambda: LabelStudio(
+                    base_url=self.url, api_key=self.api_key, httpx_client=self._http, max_retries=0
+                ),
+                "connect",
+            )
+        return self._client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """Run one API call, retrying transient failures; ``what`` names it in errors."""
+        reason = ""
+        for attempt in range(self.tries):
+            if attempt:
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                log.debug("retrying %s in %.1f s (%s)", what, delay, reason)
+                time.sleep(delay)
+            try:
+                return fn()
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                reason = type(exc).__name__
+            except httpx.TimeoutException as exc:
+                reason = type(exc).__name__
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise self._error(
+                    f"the Label Studio server at {self.url} did not answer ({type(exc).__name__}) "
+                    f"while trying to {what}: check the URL and that the server is running."
+                ) from None
+            except IlotsError:
+                raise
+            except Exception as exc:
+                status = getattr(exc, "status_code", None)
+                if status in _RETRY_STATUSES:
+                    reason = f"HTTP {status}"
+                    continue
+                raise self._api_error(exc, what) from None
+        raise self._error(
+            f"the Label Studio server at {self.url} did not answer after {self.tries} tries ({reason}) "
+            f"while trying to {what}: start it (label-studio start) or check {URL_ENV}."
+        )
+
+    def _api_error(self, exc: Exception, what: str) -> IlotsError:
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return self._error(
+                f"the Label Studio server at {self.url} rejected the API key (HTTP {status}) while trying "
+                f"to {what}: set {KEY_ENV} to a valid access token from Account & Settings (a legacy "
+                "token needs the server started with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)."
+            )
+        body = getattr(exc, "body", None)
+        detail = body.get("detail") or body.get("validation_errors") if isinstance(body, dict) else None
+        text = f"HTTP {status}" if status is not None else type(exc).__name__
+        if detail:
+            text += f": {str(detail)[:300]}"
+        return self._error(
+            f"the Label Studio server at {self.url} refused to {what} ({text}): check the project "
+            "and the server's log."
+        )
+
+    def _error(self, message: str) -> IlotsError:
+        return IlotsError(message.replace(self.api_key, "***") if self.api_key else message)
+
+    # ------------------------------------------------------------------ paginated helpers
+
+    def iter_tasks(
+        self, project_id: int, *, query: dict | None = None, fields: str = "all", page_size: int = PAGE_SIZE
+    ) -> Iterator[dict]:
+        """Every task of a project as a dict, one page in memory at a time."""
+        import json
+
+        page = 1
+        while True:
+            params: dict[str, Any] = {"project": project_id, "page": page, "page_size": page_size}
+            if fields:
+                params["fields"] = fields
+            if query:
+                params["query"] = json.dumps(query)
+            answer = self.call(
+                lambda p=params: self.get("/api/tasks/", params=p), f"list tasks (page {page})"
+            )
+            if answer is None:
+                return
+            tasks = answer.get("tasks", [])
+            yield from tasks
+            if len(tasks) < page_size or page * page_size >= int(answer.get("total", 0)):
+                return
+            page += 1
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        """A raw authenticated GET (JSON answer); 404 on a page past the end gives None."""
+        return self._request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self._request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self._request("PATCH", path, **kwargs)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = self.client._client_wrapper.get_headers()
+        answer = self._http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+        if answer.status_code == 404 and method == "GET" and "page" in (kwargs.get("params") or {}):
+            return None
+        if answer.status_code >= 400:
+            raise _HTTPStatus(answer.status_code, _json_or_none(answer))
+        return _json_or_none(answer)
+
+
+class _HTTPStatus(Exception):
+    """A non-2xx answer to a raw request (shaped like the SDK's ApiError)."""
+
+    def __init__(self, status_code: int, body: Any) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.body = body
+
+
+def _json_or_none(answer: httpx.Response) -> Any:
+    try:
+        return answer.json()
+    except ValueError:
+        return None
