@@ -86,15 +86,18 @@ def test_repro_with_nothing_changed_does_nothing(repo: tuple) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_with_overrides_lands_in_the_same_store(repo: tuple) -> None:
+def test_queued_sweep_runs_every_option_into_the_same_store(repo: tuple) -> None:
     root, env, _ = repo
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "pipeline ran"], root, env)
-    run(["dvc", "exp", "run", "-S", "trainer.max_epochs=1", "-S", "model=fpn"], root, env)
+    run(["dvc", "exp", "run", "--queue", "-S", "trainer.max_epochs=1", "-S", "model=unet,fpn"], root, env)
+    run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], root, env)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], root, env).stdout
-    assert "segmentation_models_pytorch.FPN" in shown
+    assert "segmentation_models_pytorch.FPN" in shown and "segmentation_models_pytorch.Unet" in shown
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["ilots"])
-    assert len(runs) == 2 and set(runs["params.model._target_"]) >= {"segmentation_models_pytorch.FPN"}
+    runs = mlflow.search_runs(experiment_names=["ilots"], filter_string="tags.stage = 'train'")
+    # the workspace run plus one per queued experiment, although those ran in temporary copies
+    assert len(runs) == 3
+    assert set(runs["params.model._target_"]) >= {"segmentation_models_pytorch.FPN"}

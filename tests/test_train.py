@@ -15,6 +15,7 @@ from ilots.errors import IlotsError
 from ilots.losses import auto_class_weights
 from ilots.nets import build_net
 
+UNET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None}
 QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2", "data.batch_size=8"]
 
 
@@ -103,7 +104,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(project: Path) -> None
 def test_band_count_differing_from_the_model_is_a_clear_error(project: Path) -> None:
     from ilots.train import train
 
-    with pytest.raises(IlotsError, match="model.in_channels=3 but the tiles have 4 bands"):
+    with pytest.raises(IlotsError, match=r"model\.in_channels=3 but the tiles have 4 bands"):
         train(compose([*QUICK, "+model.in_channels=3"]))
 
 
@@ -122,11 +123,9 @@ def test_auto_class_weights_favour_rare_classes() -> None:
 
 
 def test_local_pretrained_encoder_is_loaded_and_first_layer_adapted_to_four_bands(tmp_path: Path) -> None:
-    rgb_net, _ = build_net({"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18",
-                            "encoder_weights": None}, 3, 4)  # fmt: skip
+    rgb_net, _ = build_net(UNET, 3, 4)
     torch.save(rgb_net.encoder.state_dict(), tmp_path / "encoder.pt")
-    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None,
-           "weights_file": str(tmp_path / "encoder.pt")}  # fmt: skip
+    cfg = {**UNET, "weights_file": str(tmp_path / "encoder.pt")}
     net, arch = build_net(cfg, 4, 4)
     assert "weights_file" not in arch and arch["in_channels"] == 4
     torch.testing.assert_close(net.encoder.layer4[0].conv1.weight, rgb_net.encoder.layer4[0].conv1.weight)
@@ -135,8 +134,7 @@ def test_local_pretrained_encoder_is_loaded_and_first_layer_adapted_to_four_band
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
-    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None,
-           "weights_file": str(tmp_path / "nope.pt")}  # fmt: skip
+    cfg = {**UNET, "weights_file": str(tmp_path / "nope.pt")}
     with pytest.raises(IlotsError, match=r"model.weights_file .*nope\.pt does not exist"):
         build_net(cfg, 4, 4)
 
@@ -160,3 +158,24 @@ def test_multirun_trains_every_combination_into_its_own_run(
         "segmentation_models_pytorch.Unet",
         "segmentation_models_pytorch.FPN",
     }
+
+
+@pytest.mark.slow
+def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    common = [*QUICK, "train.overlays=0", "trainer.max_epochs=6"]
+    scores = {}
+    for name, extra in (
+        ("single", []),
+        ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
+    ):
+        out = subprocess.run(["ilots", "train", *common, *extra], cwd=project, env=env, capture_output=True,
+                             text=True, timeout=900)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        scores[name] = json.loads(out.stdout[out.stdout.index("{") :])["val_miou"]
+    assert scores["ddp"] > scores["single"] - 0.1, scores

@@ -120,7 +120,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ilots.train import train
 
     if not args.multirun:
-        _print(train(_cfg(args)))
+        result = train(_cfg(args))
+        if "rank" not in result:  # under DDP only rank 0 reports
+            _print(result)
         return
     if args.params:
         raise IlotsError(

@@ -183,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, mlflow_logger, checkpoint, out_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.global_rank != 0:  # under DDP, rank 0 alone logs and packages the model
-        return {"run_id": run_id, "rank": trainer.global_rank}
+        return {"rank": trainer.global_rank}
     return finish(cfg, root, module, datamodule, net_config, checkpoint, trainer, run_id)
 
 
