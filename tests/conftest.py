@@ -5,45 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
-
-X0, Y0, RES = 841800.0, 6519400.0, 0.2
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_ortho(
-    path: Path,
-    image: np.ndarray,
-    *,
-    x0: float = X0,
-    y0: float = Y0,
-    crs: str | None = "EPSG:2154",
-    nodata: float | None = None,
-) -> Path:
-    """Write a (bands, rows, cols) array as a GeoTIFF at 0.2 m on Lyon (Lambert-93)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "count": image.shape[0],
-        "height": image.shape[1],
-        "width": image.shape[2],
-        "dtype": image.dtype.name,
-        "transform": from_origin(x0, y0, RES, RES),
-        "nodata": nodata,
-    }
-    if crs:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(image)
-    return path
-
-
-def write_mask(path: Path, mask: np.ndarray, **kwargs: object) -> Path:
-    """Write a class mask (rows, cols) uint8 with nodata 255 on the same grid as write_ortho."""
-    return write_ortho(path, mask[np.newaxis].astype(np.uint8), nodata=255, **kwargs)  # type: ignore[arg-type]
+from rasters import REPO
 
 
 @pytest.fixture

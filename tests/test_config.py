@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from rasters import REPO
 
 from ilots.config import compose, load_params, write_params
 from ilots.errors import IlotsError

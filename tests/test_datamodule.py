@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_mask, write_ortho
+from rasters import write_mask, write_ortho
 
 from ilots.datamodule import ChipDataModule, ChipDataset
 from ilots.errors import IlotsError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import REPO
+from rasters import REPO
 from scipy import ndimage
 
 from ilots.sample import generate_sample_city

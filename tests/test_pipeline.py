@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import rasterio
-from conftest import REPO
+from rasters import REPO
 
 from ilots.cli import main
 from ilots.register import register

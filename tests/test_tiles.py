@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_mask, write_ortho
+from rasters import write_mask, write_ortho
 
 from ilots.errors import IlotsError
 from ilots.tiles import cut_tiles

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from rasters import REPO
 
 from ilots.config import compose
 from ilots.errors import IlotsError
@@ -139,6 +139,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         build_net(cfg, 4, 4)
 
 
+@pytest.mark.slow
 def test_multirun_trains_every_combination_into_its_own_run(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
