@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import write_ortho
+from rasters import write_ortho
 from torch import nn
 
 from ilots.bundle import Segmenter
 from ilots.errors import IlotsError
-from ilots.predict import predict_raster
+from ilots.predict import (
+    PredictOptions,
+    WindowGrid,
+    input_paths,
+    predict_distributed,
+    predict_orthos,
+    predict_raster,
+)
 
 CLASSES = ["background", "tree", "water", "roof"]
 
@@ -21,7 +33,10 @@ CLASSES = ["background", "tree", "water", "roof"]
 class PixelRule(nn.Module):
     """A 'network' whose class is a pure function of each pixel: (band 0 value) mod 4."""
 
+    delay = 0.0  # seconds per forward pass (not a weight: the model's fingerprint ignores it)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
         value = torch.round(x[:, 0]).long() % 4
         return nn.functional.one_hot(value, 4).permute(0, 3, 1, 2).float() * 10
 
@@ -128,3 +143,292 @@ def test_nir_band_flagged_alpha_by_gdal_default_is_still_data(tmp_path: Path) ->
     with rasterio.open(tmp_path / "out.tif") as out:
         assert (out.read(1) != 255).all()
     assert (image_nir_zero[3] == 0).any()
+
+
+class Coordinates(nn.Module):
+    """A 'network' whose class is a function of where the pixel lies: (row + column) mod 4, read from
+    bands 0 and 1, which hold row mod 256 and column mod 256."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value = torch.round(x[:, 0] + x[:, 1]).long() % 4
+        return nn.functional.one_hot(value, 4).permute(0, 3, 1, 2).float() * 10
+
+
+class Soft(nn.Module):
+    """A 'network' with the same soft probabilities everywhere."""
+
+    PROBS = (0.62, 0.22, 0.11, 0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.log(torch.tensor(self.PROBS))[None, :, None, None]
+        return logits.expand(x.shape[0], 4, *x.shape[2:])
+
+
+def test_blend_weights_are_positive_and_a_partition_of_unity_between_edge_windows() -> None:
+    grid = WindowGrid(1000, 700, 128, 32)
+    for axis, offsets in ((0, grid.rows), (1, grid.cols)):
+        total = grid.weight_sum(axis)
+        assert (total > 0).all()
+        np.testing.assert_allclose(total[: offsets[-1]], 1.0, atol=1e-6)  # before the edge window
+    assert (grid.weights(3, 2) > 0).all() and grid.weights(0, 0)[0, 0] == 1.0
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_function_of_pixel_coordinates_is_reconstructed_without_shift_or_seam(
+    tmp_path: Path, tta: bool
+) -> None:
+    rows, cols = np.mgrid[0:300, 0:333]
+    image = np.stack([rows % 256, cols % 256, rows * 0, cols * 0]).astype(np.uint8)
+    src = write_ortho(tmp_path / "in.tif", image)
+    predict_raster(
+        segmenter(Coordinates()), src, tmp_path / "out.tif", window=64, overlap=24, batch_size=5, tta=tta
+    )
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_array_equal(out.read(1), (rows + cols) % 4)
+
+
+def test_probabilities_are_blended_seamlessly_and_nodata_is_masked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(1, 250, (4, 130, 150), dtype=np.uint8)
+    image[:, 100:, 120:] = 0
+    src = write_ortho(tmp_path / "in.tif", image, nodata=0)
+    proba_path = tmp_path / "probabilities" / "out.tif"
+    predict_raster(
+        segmenter(Soft()),
+        src,
+        tmp_path / "out.tif",
+        window=64,
+        overlap=32,
+        batch_size=3,
+        probabilities=proba_path,
+    )
+    with rasterio.open(proba_path) as proba, rasterio.open(tmp_path / "out.tif") as classes:
+        values, valid = proba.read(), proba.read_masks(1) > 0
+        assert proba.count == 4 and proba.dtypes[0] == "uint8" and proba.transform == classes.transform
+        assert proba.descriptions == ("p(background)", "p(tree)", "p(water)", "p(roof)")
+        labels = classes.read(1)
+    expected = np.rint(np.array(Soft.PROBS) * 255).astype(np.uint8)
+    assert (valid[100:, 120:] == 0).all() and valid[:100].all() and valid[:, :120].all()
+    assert (values[:, valid] == expected[:, None]).all()
+    assert (labels[valid] == 0).all() and (labels[~valid] == 255).all()
+
+
+def test_outputs_are_cogs_with_overviews_colours_and_class_names(tmp_path: Path) -> None:
+    src, image = ortho(tmp_path, height=1100, width=1200)
+    proba_path = tmp_path / "probabilities" / "out.tif"
+    predict_raster(
+        segmenter(PixelRule()), src, tmp_path / "out.tif", window=256, overlap=32, batch_size=4,
+        probabilities=proba_path,
+    )  # fmt: skip
+    with rasterio.open(src) as a:
+        crs, transform = a.crs, a.transform
+    for path in (tmp_path / "out.tif", proba_path):
+        with rasterio.open(path) as out:
+            assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert out.profile["tiled"] and out.block_shapes[0] == (512, 512)
+            assert out.overviews(1) == [2, 4]
+            assert out.crs == crs and out.transform == transform
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_array_equal(out.read(1), image[0] % 4)
+        assert out.colormap(1)[3][:3] == (200, 50, 40)
+    with rasterio.open(proba_path) as proba:
+        np.testing.assert_array_equal(proba.read().argmax(0), image[0] % 4)
+    aux = (tmp_path / "out.tif.aux.xml").read_text()
+    assert "<Category>background</Category><Category>tree</Category><Category>water</Category>" in aux
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["in.tif", "out.tif", "out.tif.aux.xml", "probabilities", "probabilities/out.tif"]
+
+
+def two_orthos(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(11)
+    return [
+        write_ortho(tmp_path / "in" / f"{name}.tif", rng.integers(0, 250, (4, 120, 140), dtype=np.uint8))
+        for name in ("a", "b")
+    ]
+
+
+OPTIONS = PredictOptions(window=64, overlap=16, batch_size=4)
+
+
+def test_rerun_skips_complete_outputs_unless_options_change_or_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ilots.predict
+
+    orthos, calls = two_orthos(tmp_path), []
+    real = ilots.predict.predict_raster
+    monkeypatch.setattr(ilots.predict, "predict_raster", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    out = tmp_path / "out"
+    predict_orthos(segmenter(PixelRule()), orthos, out, OPTIONS)
+    assert predict_orthos(segmenter(PixelRule()), orthos, out, OPTIONS) == {
+        "a.tif": {"skipped": True},
+        "b.tif": {"skipped": True},
+    }
+    assert len(calls) == 2
+    predict_orthos(segmenter(PixelRule()), orthos, out, PredictOptions(window=64, overlap=8, batch_size=4))
+    assert len(calls) == 4
+    predict_orthos(segmenter(Constant()), orthos, out, PredictOptions(window=64, overlap=8, batch_size=4))
+    assert len(calls) == 6
+    predict_orthos(
+        segmenter(Constant()), orthos, out, PredictOptions(window=64, overlap=8, batch_size=4, overwrite=True)
+    )
+    assert len(calls) == 8
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_predict import OPTIONS, PixelRule, segmenter
+from ilots.predict import predict_orthos
+net = PixelRule()
+net.delay = 0.3
+predict_orthos(segmenter(net), [Path(p) for p in {orthos!r}], Path({out!r}), OPTIONS)
+"""
+
+
+def test_run_killed_midway_then_resumed_gives_the_same_bytes(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    script = KILLED_RUN.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(killed)
+    )
+    run = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not (killed / "a.tif").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGKILL)
+    finally:
+        run.wait()
+    assert (killed / "a.tif").exists() and not (killed / "b.tif").exists()
+    first_done = (killed / "a.tif").stat().st_mtime_ns
+    summary = predict_orthos(segmenter(PixelRule()), orthos, killed, OPTIONS)
+    assert summary["a.tif"] == {"skipped": True} and "pixels" in summary["b.tif"]
+    assert (killed / "a.tif").stat().st_mtime_ns == first_done
+    predict_orthos(segmenter(PixelRule()), orthos, clean, OPTIONS)
+    for name in ("a.tif", "b.tif", "a.tif.aux.xml"):
+        assert (killed / name).read_bytes() == (clean / name).read_bytes()
+    assert sorted(p.name for p in killed.iterdir()) == ["a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml"]
+
+
+def test_devices_share_the_inputs_each_predicted_once(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    options = PredictOptions(window=64, overlap=16, batch_size=4, devices=2, probabilities=True)
+    summary = predict_distributed(segmenter(PixelRule()), orthos, tmp_path / "two", options)
+    assert set(summary) == {"a.tif", "b.tif"} and all("pixels" in s for s in summary.values())
+    predict_orthos(segmenter(PixelRule()), orthos, tmp_path / "one", options)
+    for name in ("a.tif", "b.tif", "probabilities/a.tif", "probabilities/b.tif"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+VRT_BAND = """  <VRTRasterBand dataType="Byte" band="{band}">{sources}
+  </VRTRasterBand>"""
+VRT_SOURCE = """
+    <SimpleSource><SourceFilename relativeToVRT="1">{name}</SourceFilename><SourceBand>{band}</SourceBand>
+      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>
+      <DstRect xOff="{x}" yOff="0" xSize="{w}" ySize="{h}"/>
+    </SimpleSource>"""
+
+
+def test_vrt_mosaic_and_folder_inputs(tmp_path: Path) -> None:
+    from rasters import RES, X0, Y0
+
+    rng = np.random.default_rng(2)
+    tiles = [rng.integers(0, 250, (4, 90, 100), dtype=np.uint8) for _ in range(2)]
+    for n, tile in enumerate(tiles):
+        write_ortho(tmp_path / "tiles" / f"t{n}.tif", tile, x0=X0 + n * 100 * RES)
+    bands = "\n".join(
+        VRT_BAND.format(
+            band=b,
+            sources="".join(
+                VRT_SOURCE.format(name=f"t{n}.tif", band=b, w=100, h=90, x=100 * n) for n in (0, 1)
+            ),
+        )
+        for b in range(1, 5)
+    )
+    with rasterio.open(tmp_path / "tiles" / "t0.tif") as t0:
+        wkt = t0.crs.to_wkt()
+    vrt = tmp_path / "tiles" / "mosaic.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="200" rasterYSize="90"><SRS>{wkt}</SRS>'
+        f"<GeoTransform>{X0}, {RES}, 0, {Y0}, 0, -{RES}</GeoTransform>\n{bands}\n</VRTDataset>\n"
+    )
+    assert input_paths([tmp_path / "tiles"]) == [tmp_path / "tiles" / "t0.tif", tmp_path / "tiles" / "t1.tif"]
+    assert input_paths([vrt]) == [vrt]
+    predict_orthos(segmenter(PixelRule()), [vrt], tmp_path / "out", OPTIONS)
+    with rasterio.open(tmp_path / "out" / "mosaic.tif") as out:
+        np.testing.assert_array_equal(out.read(1), np.hstack([t[0] for t in tiles]) % 4)
+        assert out.transform.c == X0 and out.crs.to_epsg() == 2154
+
+
+def save_bundle(folder: Path, in_channels: int) -> Path:
+    net = {"_target_": "torch.nn.Conv2d", "in_channels": in_channels, "out_channels": 4, "kernel_size": 1}
+    from hydra.utils import instantiate
+
+    meta = {
+        "classes": CLASSES,
+        "band_names": [f"b{i}" for i in range(in_channels)],
+        "mean": [0.0] * in_channels,
+        "std": [1.0] * in_channels,
+        "tile_size": 64,
+        "net": net,
+    }
+    Segmenter(instantiate(net), meta).save(folder)
+    return folder
+
+
+def test_cli_predicts_with_options_then_skips_on_rerun(project: Path, capsys: pytest.CaptureFixture) -> None:
+    from ilots.cli import main
+
+    orthos = two_orthos(project)
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(project / "in"), "--model", str(model), "--out", "preds", "--window", "64"]
+    args += ["--overlap", "16", "--batch-size", "3", "--probabilities", "--tta"]
+    assert main(args) == 0
+    for p in orthos:
+        with rasterio.open(project / "preds" / p.name) as out, rasterio.open(p) as src:
+            assert out.transform == src.transform and out.tags()["ILOTS_MODEL"] == str(model)
+            assert '"tta": true' in out.tags()["ILOTS_OPTIONS"]
+        assert (project / "preds" / "probabilities" / p.name).is_file()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert '"skipped": true' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["unresolvable model", "band mismatch", "no crs"])
+def test_cli_bad_input_is_one_clear_error_and_writes_nothing(
+    project: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    from ilots.cli import main
+
+    src = write_ortho(
+        project / "in.tif", np.ones((4, 64, 64), np.uint8), crs=None if case == "no crs" else "EPSG:2154"
+    )
+    model = {
+        "unresolvable model": lambda: "models:/no-such-model@champion",
+        "band mismatch": lambda: str(save_bundle(project / "model", 3)),
+        "no crs": lambda: str(save_bundle(project / "model", 4)),
+    }[case]()
+    assert main(["predict", str(src), "--model", model, "--out", str(project / "preds")]) == 2
+    message = {
+        "unresolvable model": "cannot be loaded",
+        "band mismatch": "has 4 bands",
+        "no crs": "has no CRS",
+    }[case]
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (project / "preds").exists()
+
+
+def test_bf16_autocast_runs_and_agrees_with_fp32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Conv2d(4, 4, 1)
+    src, _ = ortho(tmp_path)
+    for precision in ("fp32", "bf16"):
+        predict_raster(
+            segmenter(net), src, tmp_path / f"{precision}.tif", window=64, overlap=16, batch_size=4,
+            precision=precision,
+        )  # fmt: skip
+    with rasterio.open(tmp_path / "fp32.tif") as a, rasterio.open(tmp_path / "bf16.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.95

@@ -171,9 +171,10 @@ def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     common = [*QUICK, "train.overlays=0", "trainer.max_epochs=6"]
     scores = {}
+    # same global batch: 2 processes x 4 chips against 1 x 8
     for name, extra in (
         ("single", []),
-        ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
+        ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]),
     ):
         out = subprocess.run(["ilots", "train", *common, *extra], cwd=project, env=env, capture_output=True,
                              text=True, timeout=900)  # fmt: skip

@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_labeling(sub)
+    from ilots.onnx import add_parser as add_export_onnx
+
+    add_export_onnx(sub)
     p = sub.add_parser("params", help="write params.yaml from conf/ (after you edit conf/)")
     p.add_argument("--out", default="params.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -174,7 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resumed_run is None:
         mlflow_logger.log_hyperparams(flatten(to_dict(cfg)))
     checkpoint = ModelCheckpoint(
-        dirpath=experiments / "checkpoints" / run_id,
+        # other DDP ranks have no run id: Lightning broadcasts rank 0's folder to them
+        dirpath=experiments / "checkpoints" / (run_id or "rank0"),
         monitor="val/miou",
         mode="max",
         save_last=True,

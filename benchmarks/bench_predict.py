@@ -1,0 +1,245 @@
+"""Benchmark of streaming prediction: end-to-end throughput against the forward pass alone, and peak memory.
+
+For every raster size it generates (once, windowed, under ``--data``) a 4-band uint8 GeoTIFF, then in a
+fresh subprocess per size (so that peak resident memory is that size's alone):
+
+* end-to-end: ``predict_raster`` (read, forward, blend, write, COG) on the raster, in raster Mpx/s;
+* forward-only: the same model on in-memory batches of the same window and batch size, timed per batch
+  (median of ``--forward-batches``) and scaled to the number of batches the raster needs: the
+  throughput the hardware allows if reading, blending and writing cost nothing, in raster Mpx/s;
+* their ratio, and the subprocess's peak resident memory (``ru_maxrss``).
+
+The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16]), random weights.
+``--model conv1x1`` swaps it for a 1x1 convolution to measure the I/O path and memory alone.
+
+    uv run python benchmarks/bench_predict.py --sizes 4096 16384 [--height 2048] [--device cuda]
+        [--precision fp32 bf16]
+
+Prints one line per size and precision, and a JSON summary. Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BANDS, CLASSES = 4, ["background", "tree", "water", "roof"]
+UNET = {
+    "_target_": "segmentation_models_pytorch.Unet",
+    "encoder_name": "resnet18",
+    "encoder_weights": None,
+    "decoder_channels": [128, 64, 32, 16, 16],
+    "in_channels": BANDS,
+    "classes": len(CLASSES),
+}
+CONV1X1 = {
+    "_target_": "torch.nn.Conv2d",
+    "in_channels": BANDS,
+    "out_channels": len(CLASSES),
+    "kernel_size": 1,
+}
+
+
+def make_raster(path: Path, height: int, width: int, block: int = 1024) -> Path:
+    """A smooth random-ish 4-band uint8 orthophoto, written block row by block row (low memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": BANDS,
+        "dtype": "uint8",
+        "crs": "EPSG:2154",
+        "transform": from_origin(841800.0, 6519400.0, 0.2, 0.2),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "photometric": "RGB",
+    }
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, height, block):
+            h = min(block, height - row)
+            y, x = np.mgrid[row : row + h, 0:width].astype(np.float32)
+            for b in range(BANDS):
+                wave = 100 + 60 * np.sin(x / (37 + 11 * b)) * np.cos(y / (53 + 7 * b))
+                noise = rng.integers(0, 40, (h, width), dtype=np.uint8)
+                dst.write((wave + noise).astype(np.uint8), b + 1, window=Window(0, row, width, h))
+    tmp.rename(path)
+    return path
+
+
+def make_bundle(folder: Path, net: dict) -> Path:
+    """A model bundle with random weights (seeded)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from ilots.bundle import Segmenter, make_meta
+
+    if (folder / "ilots-model.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    stats = {"mean": [110.0] * BANDS, "std": [40.0] * BANDS}
+    meta = make_meta(net, CLASSES, [f"b{i}" for i in range(BANDS)], stats, 512)
+    Segmenter(instantiate(net), meta).save(folder)
+    return folder
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement in this process: end-to-end, then forward-only; prints a JSON line."""
+    import torch
+
+    import ilots.predict
+    from ilots.bundle import Segmenter
+    from ilots.predict import WindowGrid, forward, predict_raster, resolve_device
+
+    segmenter = Segmenter.load(Path(args.bundle)).to(resolve_device(args.device))
+    raster = Path(args.raster)
+    out = Path(args.out)
+    import rasterio
+
+    with rasterio.open(raster) as src:
+        height, width = src.height, src.width
+    grid = WindowGrid(height, width, args.window, args.overlap)
+    n_batches = -(-len(grid.keys()) // args.batch_size)
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 255, (args.batch_size, BANDS, *grid.size), dtype=np.uint8)
+    sync = torch.cuda.synchronize if segmenter.device.type == "cuda" else (lambda: None)
+
+    def forward_times(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            forward(segmenter, batch, tta=False, precision=args.precision)
+            sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    forward_times(1)  # warm-up (allocator, kernels)
+    # Half the forward-only batches before the end-to-end run, half after: load drift hits both alike.
+    times = forward_times(max(1, min(args.forward_batches, n_batches) // 2))
+    in_run: list[float] = []
+
+    def timed_forward(*a: object, **kw: object) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = forward(*a, **kw)
+        in_run.append(time.perf_counter() - t0)
+        return out
+
+    ilots.predict.forward = timed_forward
+
+    start = time.perf_counter()
+    predict_raster(
+        segmenter,
+        raster,
+        out / "classes.tif",
+        window=args.window,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        probabilities=out / "probabilities.tif" if args.probabilities else None,
+    )
+    sync()
+    end_to_end_s = time.perf_counter() - start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    ilots.predict.forward = forward
+    times += forward_times(max(1, min(args.forward_batches, n_batches) - len(times)))
+    forward_s = statistics.median(times) * n_batches
+    mpx = height * width / 1e6
+    print(
+        json.dumps(
+            {
+                "raster": f"{height}x{width}",
+                "windows": len(grid.keys()),
+                "batches": n_batches,
+                "end_to_end_s": round(end_to_end_s, 2),
+                "end_to_end_mpx_s": round(mpx / end_to_end_s, 4),
+                "forward_only_s": round(forward_s, 2),
+                "forward_only_mpx_s": round(mpx / forward_s, 4),
+                "forward_window_mpx_s": round(
+                    args.batch_size * np.prod(grid.size) / 1e6 / statistics.median(times), 4
+                ),
+                "ratio": round(forward_s / end_to_end_s, 3),
+                "forward_busy_in_run": round(sum(in_run) / end_to_end_s, 3),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+                "device": str(segmenter.device),
+                "precision": args.precision,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384], help="raster widths (px)")
+    parser.add_argument("--height", type=int, help="raster height (default: square)")
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32"])
+    parser.add_argument("--model", choices=["unet", "conv1x1"], default="unet")
+    parser.add_argument("--probabilities", action="store_true")
+    parser.add_argument("--forward-batches", type=int, default=7)
+    parser.add_argument("--data", default="/tmp/ilots-bench")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raster", help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.precision = args.precision[0]
+        child(args)
+        return
+    data = Path(args.data)
+    bundle = make_bundle(data / f"model-{args.model}", UNET if args.model == "unet" else CONV1X1)
+    results = []
+    for size in args.sizes:
+        height = args.height or size
+        raster = make_raster(data / f"ortho-{height}x{size}.tif", height, size)
+        for precision in args.precision:
+            out = data / f"out-{height}x{size}-{args.model}-{precision}"
+            cmd = [sys.executable, __file__, "--child", "--raster", str(raster), "--bundle", str(bundle)]
+            cmd += ["--out", str(out), "--window", str(args.window), "--overlap", str(args.overlap)]
+            cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--precision", precision]
+            cmd += ["--forward-batches", str(args.forward_batches)]
+            cmd += ["--probabilities"] if args.probabilities else []
+            line = (
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            result = {"model": args.model, **json.loads(line)}
+            results.append(result)
+            print(
+                f"{result['raster']} {args.model} {precision}: end-to-end {result['end_to_end_mpx_s']:.3f} "
+                f"Mpx/s, forward-only {result['forward_only_mpx_s']:.3f} Mpx/s, ratio {result['ratio']:.2f}, "
+                f"model busy {result['forward_busy_in_run']:.2f} of the run, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
