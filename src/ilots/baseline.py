@@ -23,11 +23,11 @@ import torch
 from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 
-from ilots.bundle import _quiet_subclassing
 from ilots.errors import IlotsError
 from ilots.evaluate import raw_chips
 from ilots.io import read_json
 from ilots.metrics import confusion_matrix, scores
+from ilots.pyfunc import _quiet_subclassing
 
 log = logging.getLogger(__name__)
 

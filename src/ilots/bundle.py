@@ -1,5 +1,5 @@
 """A trained segmenter with everything prediction needs: network, class map, band order,
-normalization statistics and tile size; saved as a folder and logged to MLflow as a pyfunc model.
+normalization statistics and tile size; saved as a folder (logged to MLflow by ``ilots.pyfunc``).
 
 A model is loaded back with ``load_segmenter(uri_or_path)``: an MLflow model URI
 (``models:/ilots-segmenter@champion``, ``runs:/<id>/model``) or a local bundle folder.
@@ -7,14 +7,11 @@ A model is loaded back with ``load_segmenter(uri_or_path)``: an MLflow model URI
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -111,56 +108,13 @@ def make_meta(
     }
 
 
-@contextlib.contextmanager
-def _quiet_subclassing() -> Iterator[None]:
-    """Silence MLflow's advice to type-hint ``predict``: our input is a raster array it cannot describe.
-
-    (MLflow emits it from ``PythonModel.__init_subclass__`` under its own ``simplefilter``, so a
-    warnings filter cannot reach it.)
-    """
-    show = warnings.showwarning
-    warnings.showwarning = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        warnings.showwarning = show
-
-
-with _quiet_subclassing():
-
-    class SegmenterPyfunc(mlflow.pyfunc.PythonModel):
-        """MLflow pyfunc face of a bundle: raster windows (N, bands, H, W) in, class values (N, H, W) out."""
-
-        def load_context(self, context: Any) -> None:
-            self.segmenter = Segmenter.load(Path(context.artifacts["bundle"]))
-
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            # No type hints here: MLflow would validate (and reject) array input against them.
-            probs = self.segmenter.predict_proba(np.asarray(model_input))
-            return probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
-
-
-PIP_REQUIREMENTS = ["ilots", "torch", "segmentation-models-pytorch", "hydra-core", "mlflow"]
-
-
-def log_segmenter(segmenter: Segmenter, bundle_dir: Path, name: str = "model") -> str:
-    """Log a bundle to the active MLflow run as a pyfunc model; return its model URI."""
-    segmenter.save(bundle_dir)
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=SegmenterPyfunc(),
-        artifacts={"bundle": str(bundle_dir)},
-        pip_requirements=PIP_REQUIREMENTS,
-        metadata={k: v for k, v in segmenter.meta.items() if k != "net"},
-    )
-    return info.model_uri
-
-
 def load_segmenter(uri: str) -> Segmenter:
     """Load a segmenter from an MLflow model URI or a local bundle / MLflow model folder."""
     local = Path(uri)
     if local.is_dir() and (local / META_FILE).is_file():
         return Segmenter.load(local)
+    import mlflow.pyfunc  # imported here: it takes seconds, and most commands never need it
+
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow raises many types for an unresolvable URI
@@ -168,7 +122,7 @@ def load_segmenter(uri: str) -> Segmenter:
             f"model {uri} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "check the URI, the registry alias, or MLFLOW_TRACKING_URI."
         ) from exc
-    python_model = model.unwrap_python_model()
-    if not isinstance(python_model, SegmenterPyfunc):
-        raise IlotsError(f"model {uri} is not an ilots segmenter.")
-    return python_model.segmenter
+    segmenter = getattr(model.unwrap_python_model(), "segmenter", None)
+    if segmenter is None:
+        raise IlotsError(f"model {uri} is not an ilots segmenter (nor the ilots baseline).")
+    return segmenter

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ilots.bundle import Segmenter, log_segmenter, make_meta
+from ilots.bundle import Segmenter, make_meta
 from ilots.config import build, project_root, resolve_path, to_dict
 from ilots.datamodule import ChipDataModule
 from ilots.errors import IlotsError
@@ -31,6 +31,7 @@ from ilots.io import read_json, write_json
 from ilots.losses import auto_class_weights
 from ilots.module import SegmentationModule
 from ilots.nets import build_net
+from ilots.pyfunc import log_segmenter
 from ilots.report import log_figures, model_card
 from ilots.tracking import setup_mlflow
 
