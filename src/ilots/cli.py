@@ -251,6 +251,13 @@ def _module_command(module: str, args: argparse.Namespace) -> None:
     importlib.import_module(module).command(args, _cfg(args))
 
 
+def _iou_line(metrics_path: Path, classes: Sequence[str]) -> str:
+    """``tree 0.937, water 0.951, ... (mIoU 0.891)`` from a metrics JSON's test scores."""
+    test = json.loads(metrics_path.read_text())["test"]
+    ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in classes if test.get(f"iou_{c}") is not None)
+    return f"{ious} (mIoU {test['miou']:.3f})"
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from ilots.config import project_root, resolve_path
     from ilots.tracking import redact, tracking_uri
@@ -260,19 +267,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
     lines = ["", "ilots: results"]
     metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
     if metrics_path.is_file():
-        test = json.loads(metrics_path.read_text())["test"]
-        ious = ", ".join(
-            f"{c} {test[f'iou_{c}']:.3f}" for c in cfg.classes if test.get(f"iou_{c}") is not None
-        )
-        lines.append(f"  test IoU        {ious} (mIoU {test['miou']:.3f})")
+        lines.append(f"  test IoU        {_iou_line(metrics_path, cfg.classes)}")
         lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
     baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
     if baseline_path.is_file():
-        base = json.loads(baseline_path.read_text())["test"]
-        ious = ", ".join(
-            f"{c} {base[f'iou_{c}']:.3f}" for c in cfg.classes if base.get(f"iou_{c}") is not None
-        )
-        lines.append(f"  baseline IoU    {ious} (mIoU {base['miou']:.3f}, per-pixel random forest)")
+        lines.append(f"  baseline IoU    {_iou_line(baseline_path, cfg.classes)}, per-pixel random forest")
     registered = resolve_path(root, cfg.register.out) / "registered.json"
     if registered.is_file():
         reg = json.loads(registered.read_text())
