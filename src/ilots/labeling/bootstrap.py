@@ -11,7 +11,7 @@ then correct instead of drawing from scratch. Where layers overlap, classes are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from shapely.geometry import box
 
 from ilots.errors import IlotsError
 from ilots.labeling.connection import Connection
-from ilots.labeling.prelabel import PUSH_BATCH, _push, _unlabeled_tasks, brush_results, task_window
+from ilots.labeling.prelabel import _unlabeled_tasks, brush_results, push_in_batches, task_window
 from ilots.labels import DEFAULT_CLASSES, DEFAULT_PRIORITY
 
 log = logging.getLogger(__name__)
@@ -107,17 +107,16 @@ def bootstrap(
         if name not in class_index or name == classes[0]:
             raise IlotsError(f"--class {name!r} is not one of the classes ({', '.join(classes[1:])}).")
     indexed = _Layers(layers)
-    batch, done, with_shapes = [], 0, 0
-    for task in _unlabeled_tasks(conn, project_id, model_version):
-        result = brush_results(rasterize_tile(task, indexed, class_index, priority), classes, classes[1:])
-        batch.append({"task": task["id"], "result": result, "model_version": model_version, "score": 1.0})
-        done += 1
-        with_shapes += bool(result)
-        if len(batch) >= PUSH_BATCH:
-            _push(conn, project_id, batch)
-            batch = []
-    if batch:
-        _push(conn, project_id, batch)
+    with_shapes = 0
+
+    def predictions() -> Iterator[dict]:
+        nonlocal with_shapes
+        for task in _unlabeled_tasks(conn, project_id, model_version):
+            result = brush_results(rasterize_tile(task, indexed, class_index, priority), classes, classes[1:])
+            with_shapes += bool(result)
+            yield {"task": task["id"], "result": result, "model_version": model_version, "score": 1.0}
+
+    done = push_in_batches(conn, project_id, predictions())
     conn.call(
         lambda: conn.patch(f"/api/projects/{project_id}/", json={"model_version": model_version}),
         f"set the model version of project {project_id}",

@@ -15,7 +15,7 @@ stream then serves the tasks by increasing score, the tiles where the model is l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,20 +165,18 @@ def prelabel(
     """
     labels = list(labels) if labels is not None else [c for c in segmenter.classes if c != "background"]
     scores: list[tuple[float, int]] = []
-    batch: list[dict] = []
-    for task in _unlabeled_tasks(conn, project_id, model_version):
-        pixels = _read_tile(Path(orthos_dir), task, segmenter.in_channels)
-        probs = predict_tile(segmenter, pixels)
-        confidence, winner = probs.max(dim=0)
-        score = round(float(confidence.mean()), 6)
-        result = brush_results(winner.to("cpu").numpy().astype(np.uint8), segmenter.classes, labels)
-        batch.append({"task": task["id"], "result": result, "score": score, "model_version": model_version})
-        scores.append((score, task["id"]))
-        if len(batch) >= PUSH_BATCH:
-            _push(conn, project_id, batch)
-            batch = []
-    if batch:
-        _push(conn, project_id, batch)
+
+    def predictions() -> Iterator[dict]:
+        for task in _unlabeled_tasks(conn, project_id, model_version):
+            pixels = _read_tile(Path(orthos_dir), task, segmenter.in_channels)
+            probs = predict_tile(segmenter, pixels)
+            confidence, winner = probs.max(dim=0)
+            score = round(float(confidence.mean()), 6)
+            result = brush_results(winner.to("cpu").numpy().astype(np.uint8), segmenter.classes, labels)
+            scores.append((score, task["id"]))
+            yield {"task": task["id"], "result": result, "score": score, "model_version": model_version}
+
+    push_in_batches(conn, project_id, predictions())
     conn.call(
         lambda: conn.patch(
             f"/api/projects/{project_id}/",
@@ -197,6 +195,21 @@ def prelabel(
         "tasks_predicted": len(scores),
         "least_sure": [task_id for _, task_id in sorted(scores)[:10]],
     }
+
+
+def push_in_batches(conn: Connection, project_id: int, predictions: Iterable[dict]) -> int:
+    """Push predictions to the project ``PUSH_BATCH`` at a time (memory stays bounded); return the count."""
+    batch: list[dict] = []
+    count = 0
+    for prediction in predictions:
+        batch.append(prediction)
+        count += 1
+        if len(batch) >= PUSH_BATCH:
+            _push(conn, project_id, batch)
+            batch = []
+    if batch:
+        _push(conn, project_id, batch)
+    return count
 
 
 def _push(conn: Connection, project_id: int, predictions: list[dict]) -> None:
