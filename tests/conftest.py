@@ -6,21 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-from rasters import REPO
+from rasters import enter_project
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder with the real conf/ (cwd set to it), MLflow store inside it."""
-    import shutil
-
-    shutil.copytree(REPO / "conf", tmp_path / "conf")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
-    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
-    return tmp_path
+    return enter_project(tmp_path, monkeypatch)
 
 
 @pytest.fixture(autouse=True)

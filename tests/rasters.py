@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.transform import from_origin
 
@@ -46,3 +47,18 @@ def write_ortho(
 def write_mask(path: Path, mask: np.ndarray, **kwargs: object) -> Path:
     """Write a class mask (rows, cols) uint8 with nodata 255 on the same grid as write_ortho."""
     return write_ortho(path, mask[np.newaxis].astype(np.uint8), nodata=255, **kwargs)  # type: ignore[arg-type]
+
+
+# Settings that would send a test's outputs to a user's server or a parent repository.
+OUTSIDE_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
+
+
+def enter_project(root: Path, mp: pytest.MonkeyPatch) -> Path:
+    """Make ``root`` a project (the real conf/), cd into it, and clear :data:`OUTSIDE_ENV`."""
+    import shutil
+
+    shutil.copytree(REPO / "conf", root / "conf")
+    mp.chdir(root)
+    for var in OUTSIDE_ENV:
+        mp.delenv(var, raising=False)
+    return root

@@ -4,13 +4,12 @@ register -> predict, with the real MLflow SQLite store and registry."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import mlflow
 import numpy as np
 import pytest
 import rasterio
-from rasters import REPO
+from rasters import enter_project
 
 from ilots.cli import main
 from ilots.register import register
@@ -23,11 +22,8 @@ TINY = ["experiment=tiny"]
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A project whose whole pipeline ran once (module-scoped: training is the slow part)."""
     root = tmp_path_factory.mktemp("project")
-    shutil.copytree(REPO / "conf", root / "conf")
     mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
-        mp.delenv(var, raising=False)
+    enter_project(root, mp)
     sample = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)
     for stage in ("labels", "tiles", "train", "evaluate", "baseline", "register", "predict", "summary"):
         assert main([stage, *TINY]) == 0, stage

@@ -50,14 +50,14 @@ class Constant(nn.Module):
         return logits
 
 
-def segmenter(net: nn.Module, bands: int = 4) -> Segmenter:
+def segmenter(net: nn.Module, bands: int = 4, net_config: dict | None = None) -> Segmenter:
     meta = {
         "classes": CLASSES,
         "band_names": [f"b{i}" for i in range(bands)],
         "mean": [0.0] * bands,
         "std": [1.0] * bands,
         "tile_size": 64,
-        "net": {},
+        "net": net_config or {},
     }
     return Segmenter(net, meta)
 
@@ -366,15 +366,7 @@ def save_bundle(folder: Path, in_channels: int) -> Path:
     net = {"_target_": "torch.nn.Conv2d", "in_channels": in_channels, "out_channels": 4, "kernel_size": 1}
     from hydra.utils import instantiate
 
-    meta = {
-        "classes": CLASSES,
-        "band_names": [f"b{i}" for i in range(in_channels)],
-        "mean": [0.0] * in_channels,
-        "std": [1.0] * in_channels,
-        "tile_size": 64,
-        "net": net,
-    }
-    Segmenter(instantiate(net), meta).save(folder)
+    segmenter(instantiate(net), in_channels, net).save(folder)
     return folder
 
 

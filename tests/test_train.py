@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from rasters import REPO
+from rasters import enter_project
 
 from ilots.config import compose
 from ilots.errors import IlotsError
@@ -26,9 +25,8 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ilots.sample import generate_sample_city
 
     root = tmp_path_factory.mktemp("tiles")
-    shutil.copytree(REPO / "conf", root / "conf")
     mp = pytest.MonkeyPatch()
-    mp.chdir(root)
+    enter_project(root, mp)
     generate_sample_city(root / "data", size=256, labeling_tile=128)
     assert main(["labels", "experiment=tiny"]) == 0
     assert main(["tiles", "experiment=tiny"]) == 0
@@ -39,12 +37,9 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def project(tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project (own MLflow store and checkpoints) sharing the module's tiles."""
-    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    enter_project(tmp_path, monkeypatch)
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "tiles").symlink_to(tiles / "experiments" / "tiles")
-    monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
-        monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
