@@ -1,10 +1,12 @@
 """Training throughput: the real data pipeline against the same model fed in-memory batches.
 
-    uv run python benchmarks/bench_train.py [--tiles experiments/tiles] [--steps 20] [--repeats 3]
+    uv run python benchmarks/bench_train.py [--data chips|windows] [--steps 20] [--repeats 3]
 
 Prints images/s for both and their ratio (median of the repeats, measured alternately in one run).
 The target is a ratio of at least 0.90: the data pipeline must not be the bottleneck. Uses the
-default configuration (conf/) for model, batch size, workers and augmentation.
+default configuration (conf/) for model, batch size, workers and augmentation; ``--data windows``
+measures random windows read from the orthophotos (torchgeo samplers) instead of pre-cut chips.
+Run it in the project after `dvc repro tiles`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ilots.config import compose, resolve_path, to_dict
+from ilots.config import compose, to_dict
 from ilots.datamodule import ChipDataModule
 from ilots.losses import CrossEntropyLoss
 from ilots.nets import build_net
+from ilots.train import build_datamodule
 
 
 def timed_steps(net: torch.nn.Module, batches, steps: int) -> float:  # type: ignore[no-untyped-def]
@@ -44,19 +47,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tiles", default=None, help="tiles folder (default: the config's tiles.out)")
+    parser.add_argument("--data", default="chips", choices=["chips", "windows"], help="training sampling")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cfg = compose()
-    tiles = Path(args.tiles) if args.tiles else resolve_path(Path.cwd(), cfg.tiles.out)
-    dm = ChipDataModule(
-        str(tiles),
-        batch_size=int(cfg.data.batch_size),
-        num_workers=int(cfg.data.num_workers),
-        augment=to_dict(cfg.data.augment),
-        seed=int(cfg.seed),
-    )
+    cfg = compose([f"data={args.data}"])
+    dm = build_datamodule(cfg, Path.cwd())
     net, _ = build_net(to_dict(cfg.model), dm.in_channels, len(cfg.classes))
     net.train()
     first = next(iter(dm.train_dataloader()))
@@ -67,7 +63,7 @@ def main() -> None:
         synthetic_rates.append(timed_steps(net, islice(cycle(synthetic), args.steps + 1), args.steps))
     real, fake = statistics.median(real_rates), statistics.median(synthetic_rates)
     n = len(dm.dataset("train"))
-    print(f"tiles: {tiles} ({n} train chips of {dm.tile_size} px, {dm.in_channels} bands)")
+    print(f"data={args.data}: {n} train samples per epoch of {dm.tile_size} px, {dm.in_channels} bands")
     print(f"model: {cfg.model._target_} {cfg.model.encoder_name}, batch {cfg.data.batch_size}, "
           f"workers {cfg.data.num_workers}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"real data pipeline : {real:7.2f} images/s  (runs: {', '.join(f'{r:.2f}' for r in real_rates)})")

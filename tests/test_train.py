@@ -39,7 +39,8 @@ def project(tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     """A fresh project (own MLflow store and checkpoints) sharing the module's tiles."""
     enter_project(tmp_path, monkeypatch)
     (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "tiles").symlink_to(tiles / "experiments" / "tiles")
+    for shared in ("experiments/tiles", "experiments/masks", "data"):
+        (tmp_path / shared).symlink_to(tiles / shared)
     return tmp_path
 
 
@@ -47,14 +48,15 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.parametrize("data", ["chips", "windows"])
 def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, data: str
 ) -> None:
     import lightning as L
 
     import ilots.train as train_module
 
-    overrides = [*QUICK, "trainer.max_epochs=3"]
+    overrides = [*QUICK, "trainer.max_epochs=3", f"data={data}"]
     straight = train_module.train(compose(overrides))
 
     class KillInSecondEpoch(L.Callback):

@@ -66,34 +66,19 @@ class EpochShuffleSampler(Sampler[int]):
         return iter((self.epoch * self.n + order).tolist())
 
 
-class ChipDataset(Dataset[dict[str, torch.Tensor]]):
-    """The chips of one split as ``{"image": float (C, H, W) normalized, "mask": long (H, W)}``."""
+class AugmentedDataset(Dataset[dict[str, torch.Tensor]]):
+    """Normalizes an image and its mask, augmenting them with a seed drawn from ``(seed, epoch, index)``."""
 
     def __init__(
-        self,
-        tiles_dir: Path,
-        split: str,
-        mean: list[float],
-        std: list[float],
-        augment: Mapping[str, float] | None = None,
-        seed: int = 0,
+        self, mean: list[float], std: list[float], augment: Mapping[str, float] | None, seed: int
     ) -> None:
-        index = read_json(tiles_dir / "index.json", "tiles index")
-        self.paths = [tiles_dir / split / c["id"] for c in index["chips"] if c["split"] == split]
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         self.augment = build_augmentation(augment) if augment else None
         self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
-        epoch, i = divmod(key, len(self.paths))
-        with rasterio.open(f"{self.paths[i]}.image.tif") as src:
-            image = src.read()
-        with rasterio.open(f"{self.paths[i]}.mask.tif") as src:
-            mask = src.read(1)
+    def sample(self, image: np.ndarray, mask: np.ndarray, epoch: int, i: int) -> dict[str, torch.Tensor]:
+        """``{"image": float (C, H, W) normalized, "mask": long (H, W)}``, augmented when training."""
         if self.augment is not None:
             sample_seed = int(np.random.default_rng((self.seed, epoch, i)).integers(2**31))
             for transform in self.augment:
@@ -110,6 +95,34 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
             visible = photometric(image=np.ascontiguousarray(hwc[:, :, :3]))["image"]
             hwc = np.concatenate([visible, hwc[:, :, 3:]], axis=2)
         return np.ascontiguousarray(hwc.transpose(2, 0, 1)), np.ascontiguousarray(mask)
+
+
+class ChipDataset(AugmentedDataset):
+    """The chips of one split as ``{"image": float (C, H, W) normalized, "mask": long (H, W)}``."""
+
+    def __init__(
+        self,
+        tiles_dir: Path,
+        split: str,
+        mean: list[float],
+        std: list[float],
+        augment: Mapping[str, float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(mean, std, augment, seed)
+        index = read_json(tiles_dir / "index.json", "tiles index")
+        self.paths = [tiles_dir / split / c["id"] for c in index["chips"] if c["split"] == split]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(key, len(self.paths))
+        with rasterio.open(f"{self.paths[i]}.image.tif") as src:
+            image = src.read()
+        with rasterio.open(f"{self.paths[i]}.mask.tif") as src:
+            mask = src.read(1)
+        return self.sample(image, mask, epoch, i)
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -143,8 +156,12 @@ class ChipDataModule(L.LightningDataModule):
         if not any(c["split"] == "train" for c in index["chips"]):
             raise IlotsError(f"tiles folder {self.tiles_dir} has no train chip: rerun `ilots tiles`.")
 
-    def dataset(self, split: str, augment: bool = False) -> ChipDataset:
+    def dataset(self, split: str, augment: bool = False) -> AugmentedDataset:
         """The dataset of one split."""
+        return self.chips(split, augment)
+
+    def chips(self, split: str, augment: bool = False) -> ChipDataset:
+        """The pre-cut chips of one split."""
         return ChipDataset(
             self.tiles_dir,
             split,
@@ -157,11 +174,15 @@ class ChipDataModule(L.LightningDataModule):
     def class_frequencies(self) -> np.ndarray:
         """Share of each class among the annotated pixels of the train chips."""
         counts = np.zeros(len(self.classes), dtype=np.int64)
-        for path in self.dataset("train").paths:
+        for path in self.chips("train").paths:
             with rasterio.open(f"{path}.mask.tif") as src:
                 mask = src.read(1)
             counts += np.bincount(mask[mask < len(self.classes)].ravel(), minlength=len(self.classes))
         return counts / max(int(counts.sum()), 1)
+
+    def sampler(self, dataset: AugmentedDataset) -> Sampler[Any]:
+        """The training sampler: every chip once per epoch, in an order seeded by (seed, epoch)."""
+        return EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         return self._loader("train", shuffle=True)
@@ -177,7 +198,7 @@ class ChipDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=self.sampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -7,7 +7,9 @@ computed on the train chips.
 
 Layout written (atomically, as one folder)::
 
-    tiles/index.json               chips: id, split, ortho, window; bands; classes
+    tiles/index.json               chips: id, split, ortho, window; blocks: split, ortho, window,
+                                   annotated share (random-window sampling draws inside the train
+                                   blocks); bands; classes
     tiles/stats.json               per-band mean and std (train split), band names
     tiles/<split>/<id>.image.tif   chip image, georeferenced (CRS + window transform)
     tiles/<split>/<id>.mask.tif    chip mask, 255 = not annotated
@@ -127,7 +129,7 @@ def cut_tiles(
             "need 0 <= overlap < size <= block."
         )
     orthos = ortho_paths(orthos_dir)
-    masks, bands, band_names, blocks = {}, None, None, []
+    masks, bands, band_names, blocks, annotated = {}, None, None, [], {}
     for path in orthos:
         with open_georaster(path) as ortho:
             mask_path = masks_dir / f"{path.stem}.tif"
@@ -146,6 +148,7 @@ def cut_tiles(
             window = mask[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width]
             if (window != 255).any() and min(blk.height, blk.width) >= size:
                 blocks.append(blk)
+                annotated[blk] = round(float((window != 255).mean()), 4)
     splits = assign_splits(blocks, split, seed)
     with atomic_path(out_dir) as tmp:
         chips = write_chips(tmp, splits, masks, size, size - overlap, min_annotated)
@@ -167,6 +170,18 @@ def cut_tiles(
                 "bands": bands,
                 "band_names": band_names,
                 "classes": list(classes),
+                "blocks": [
+                    {
+                        "split": name,
+                        "ortho": blk.ortho.name,
+                        "row_off": blk.row_off,
+                        "col_off": blk.col_off,
+                        "height": blk.height,
+                        "width": blk.width,
+                        "annotated": annotated[blk],
+                    }
+                    for blk, name in splits.items()
+                ],
                 "chips": chips,
             },
         )

@@ -109,6 +109,14 @@ def build_module(cfg: DictConfig, datamodule: ChipDataModule) -> tuple[Segmentat
     return module, net_config
 
 
+def build_datamodule(cfg: DictConfig, root: Path) -> ChipDataModule:
+    """The configured data module, its folders resolved against the project root."""
+    # data=chips reads the tiles folder; data=windows also the orthophotos and masks
+    keys = [k for k in ("tiles_dir", "orthos", "masks") if k in cfg.data]
+    paths = {k: str(resolve_path(root, cfg.data[k])) for k in keys}
+    return build(cfg.data, **paths, seed=int(cfg.seed))  # type: ignore[no-any-return]
+
+
 def resume_checkpoint(cfg: DictConfig, checkpoints: Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from and its MLflow run id (its folder's name), or ``(None, None)``."""
     resume = cfg.train.get("resume")
@@ -152,8 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     root = project_root()
     L.seed_everything(int(cfg.seed), workers=True)
-    tiles_dir = resolve_path(root, cfg.data.tiles_dir)
-    datamodule: ChipDataModule = build(cfg.data, tiles_dir=str(tiles_dir), seed=int(cfg.seed))
+    datamodule = build_datamodule(cfg, root)
     if datamodule.classes != list(cfg.classes):
         raise IlotsError(
             f"tiles were cut for classes {datamodule.classes} but the config says {list(cfg.classes)}: "

@@ -1,0 +1,112 @@
+"""data=windows: random windows from the full orthophotos, inside the train blocks, pixel-exact, seeded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasters import RES, X0, Y0, write_mask, write_ortho
+
+from ilots.errors import IlotsError
+from ilots.tiles import cut_tiles
+from ilots.windows import WindowDataModule
+
+CLASSES = ["background", "tree", "water", "roof"]
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two side-by-side 256 px orthophotos whose pixels encode (row, col, ortho), cut into tiles."""
+    root = tmp_path_factory.mktemp("windows")
+    rows, cols = np.mgrid[0:256, 0:256]
+    for k in range(2):
+        image = np.stack([rows, cols, np.full_like(rows, 10 * k), (rows * 7 + cols) % 256]).astype(np.uint8)
+        write_ortho(root / "orthos" / f"o{k}.tif", image, x0=X0 + k * 256 * RES)
+        mask = ((rows // 16 + cols // 16 + k) % 4).astype(np.uint8)
+        mask[:, :8] = 255  # a strip nobody annotated
+        write_mask(root / "masks" / f"o{k}.tif", mask, x0=X0 + k * 256 * RES)
+    cut_tiles(
+        root / "orthos", root / "masks", root / "tiles", size=64, overlap=0, block=128,
+        split={"train": 0.5, "val": 0.25, "test": 0.25}, min_annotated=0.01, classes=CLASSES, seed=0,
+    )  # fmt: skip
+    return root
+
+
+def module(city: Path, **kwargs: object) -> WindowDataModule:
+    return WindowDataModule(str(city / "tiles"), str(city / "orthos"), str(city / "masks"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_windows_are_pixel_exact_on_the_grid_and_inside_train_blocks(city: Path) -> None:
+    dm = module(city, size=48, length=40)
+    dataset, sampler = dm.dataset("train"), dm.sampler(dm.dataset("train"))
+    train_blocks = [b for b in json.loads((city / "tiles" / "index.json").read_text())["blocks"]
+                    if b["split"] == "train"]  # fmt: skip
+    mean = np.asarray(dm.stats["mean"])[:, None, None]
+    std = np.asarray(dm.stats["std"])[:, None, None]
+    seen_blocks = set()
+    for key in sampler:
+        _, _, _, (xs, ys, _) = key
+        sample = dataset[key]
+        image = np.rint(sample["image"].numpy() * std + mean).astype(int)
+        mask = sample["mask"].numpy()
+        assert image.shape == (4, 48, 48) and mask.shape == (48, 48)
+        k = int(image[2, 0, 0]) // 10  # which orthophoto
+        col = round((xs.start - X0) / RES) - 256 * k
+        row = round((Y0 - ys.stop) / RES)
+        rows, cols = np.mgrid[row : row + 48, col : col + 48]
+        np.testing.assert_array_equal(image[0], rows)
+        np.testing.assert_array_equal(image[1], cols)
+        expected = ((rows // 16 + cols // 16 + k) % 4).astype(np.int64)
+        expected[cols < 8] = 255
+        np.testing.assert_array_equal(mask, expected)
+        inside = [
+            i for i, b in enumerate(train_blocks)
+            if b["ortho"] == f"o{k}.tif" and b["row_off"] <= row and row + 48 <= b["row_off"] + b["height"]
+            and b["col_off"] <= col and col + 48 <= b["col_off"] + b["width"]
+        ]  # fmt: skip
+        assert inside, f"window at row {row}, col {col} of o{k} leaves the train blocks"
+        seen_blocks.update(inside)
+    assert len(seen_blocks) == len(train_blocks)  # every train block gets windows
+
+
+def test_sampling_is_seeded_by_seed_and_epoch(city: Path) -> None:
+    a = module(city, size=32, length=12, seed=1).sampler(None)  # type: ignore[arg-type]
+    b = module(city, size=32, length=12, seed=1).sampler(None)  # type: ignore[arg-type]
+    other = module(city, size=32, length=12, seed=2).sampler(None)  # type: ignore[arg-type]
+    for epoch in (0, 3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        other.set_epoch(epoch)
+        assert list(a) == list(b)  # a resumed run draws what the uninterrupted one drew
+        assert list(a) != list(other)
+    a.set_epoch(0)
+    first = [key[3] for key in a]
+    a.set_epoch(1)
+    assert [key[3] for key in a] != first  # new positions every epoch
+
+
+def test_window_larger_than_a_block_is_an_error_naming_the_setting(city: Path) -> None:
+    with pytest.raises(IlotsError, match=r"data\.size=200"):
+        module(city, size=200)
+
+
+def test_orthophoto_with_other_bands_than_the_tiles_is_an_error(city: Path, tmp_path: Path) -> None:
+    orthos = tmp_path / "orthos"
+    for k in range(2):
+        write_ortho(orthos / f"o{k}.tif", np.zeros((3, 256, 256), np.uint8), x0=X0 + k * 256 * RES)
+    with pytest.raises(IlotsError, match=r"o0\.tif has 3 bands .* 4"):
+        WindowDataModule(str(city / "tiles"), str(orthos), str(city / "masks"))
+
+
+def test_tiles_without_blocks_ask_to_recut(city: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "tiles"
+    shutil.copytree(city / "tiles", old)
+    index = json.loads((old / "index.json").read_text())
+    del index["blocks"]
+    (old / "index.json").write_text(json.dumps(index))
+    with pytest.raises(IlotsError, match="rerun `ilots tiles`"):
+        WindowDataModule(str(old), str(city / "orthos"), str(city / "masks"))
