@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 import rasterio
 from affine import Affine
 from label_studio_sdk.converter.brush import mask2rle
+from local_http import serve
 from rasterio.transform import from_origin
 from shapely.geometry import Point, Polygon
 
@@ -23,6 +23,7 @@ from ilots.labels import (
     DEFAULT_CLASSES,
     DEFAULT_PRIORITY,
     build_masks,
+    canonical_task,
     pull_export,
     rasterize_annotation,
 )
@@ -482,69 +483,50 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub() -> Iterator[tuple[str, type[_Stub]]]:
     handler = type("Handler", (_Stub,), {"paths": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with serve(handler) as url:
+        yield url, handler
 
 
-def test_pull_export_writes_the_json_export(tmp_path: Path, stub: tuple[str, type[_Stub]]) -> None:
-    url, handler = stub
-    handler.body = json.dumps(_good_tasks()).encode()
-    dest = tmp_path / "labels" / "export.json"
-    assert pull_export(url, KEY, 3, dest) == dest
-    expected = [{k: v for k, v in t.items() if k != "predictions"} for t in _good_tasks()]
-    assert json.loads(dest.read_text()) == expected
-    assert handler.paths[0].startswith("/api/projects/3/export")
-    assert "download_all_tasks=true" in handler.paths[0]
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected"),
-    [
-        (401, b'{"detail": "Invalid token."}', "rejected the API key"),
-        (404, b'{"detail": "Not found."}', "no project 3"),
-        (200, b"<html>login</html>", "did not send a JSON export"),
-    ],
-)
-def test_pull_export_server_refusals(
-    tmp_path: Path, stub: tuple[str, type[_Stub]], status: int, body: bytes, expected: str
+def test_a_url_that_is_not_label_studio_is_a_clear_error(
+    tmp_path: Path, stub: tuple[str, type[_Stub]]
 ) -> None:
     url, handler = stub
-    handler.status, handler.body = status, body
+    handler.body = b"<html>a web site</html>"
     dest = tmp_path / "export.json"
     dest.write_text("previous export")
-    with pytest.raises(IlotsError, match=expected) as info:
+    with pytest.raises(IlotsError, match="did not answer as Label Studio") as info:
         pull_export(url, KEY, 3, dest)
     assert KEY not in str(info.value)
+    assert handler.paths[0].startswith("/api/projects/3/")
     assert dest.read_text() == "previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["export.json"]
 
 
-def test_pull_export_snapshot_only_changes_with_the_annotations(
-    tmp_path: Path, stub: tuple[str, type[_Stub]]
-) -> None:
-    url, handler = stub
-    tasks = [*_good_tasks(), task(3, 0, 0, [])]
-    handler.body = json.dumps(tasks).encode()
-    dest = tmp_path / "export.json"
-    pull_export(url, KEY, 3, dest)
-    first, mtime = dest.read_bytes(), dest.stat().st_mtime_ns
-    assert [t["id"] for t in json.loads(first)] == [3, 7]
-    # same annotations, other order, new pre-annotations and counters: same file, not rewritten
-    for t in tasks:
-        t["predictions"] = [{"id": 1, "result": [], "model_version": "v2"}]
-        t["total_predictions"] = 1
-        t["updated_at"] = "2026-11-01T00:00:00Z"
-    handler.body = json.dumps(tasks[::-1]).encode()
-    pull_export(url, KEY, 3, dest)
-    assert dest.read_bytes() == first
-    assert dest.stat().st_mtime_ns == mtime
-    # a changed annotation changes the snapshot
-    tasks[0]["annotations"][0]["result"] = []
-    handler.body = json.dumps(tasks).encode()
-    pull_export(url, KEY, 3, dest)
-    assert dest.read_bytes() != first
-    assert [p.name for p in tmp_path.iterdir()] == ["export.json"]
+def test_canonical_task_keeps_annotations_and_drops_what_changes_without_them() -> None:
+    t = _good_tasks()[0]
+    t["annotations"].append({**t["annotations"][0], "id": 1, "lead_time": 3.2, "draft_created_at": "x"})
+    noisy = {**t, "predictions": [{"id": 9}], "total_predictions": 1, "annotations_results": "...",
+             "updated_at": "2026-11-01T00:00:00Z", "comment_count": 2}  # fmt: skip
+    kept = canonical_task(noisy)
+    assert kept == canonical_task(t)
+    assert set(kept) == {"id", "data", "annotations"}
+    assert [a["id"] for a in kept["annotations"]] == [1, t["annotations"][0]["id"]]
+    assert "lead_time" not in kept["annotations"][0]
+
+
+def test_merged_labels_become_their_class_and_trees_still_win_over_them(env: dict[str, Path]) -> None:
+    roof = brush(square(0, 20, 0, 20), "roof")
+    tree = brush(square(10, 30, 10, 30), "tree")
+    tasks = [task(1, 0, 0, [annotation(10, [tree, roof])])]
+    merge = {"roof": "background", "water": "background"}
+    summary, mask, _ = run(env, tasks, classes=("background", "tree"), priority=("tree",), merge=merge)
+    expected = np.zeros((TILE, TILE), np.uint8)
+    expected[10:30, 10:30] = 1
+    np.testing.assert_array_equal(tile_of(mask, 0, 0), expected)
+    assert set(summary["pixels"]) == {"background", "tree", "unlabeled"}
+
+
+@pytest.mark.parametrize("merge", [{"roof": "car"}, {"tree": "background"}])
+def test_a_merge_into_no_class_or_of_a_class_is_refused(env: dict[str, Path], merge: dict) -> None:
+    with pytest.raises(IlotsError, match=r"labels\.merge"):
+        run(env, _good_tasks(), merge=merge)

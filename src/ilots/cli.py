@@ -69,6 +69,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
             resolve_path(root, cfg.labels.out),
             classes=list(cfg.classes),
             priority=list(cfg.labels.priority),
+            merge=dict(cfg.labels.get("merge") or {}),
         )
     )
 

@@ -70,6 +70,86 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
         raise IlotsError(f"{what} {path} is not valid JSON ({exc}); replace it with a valid one.") from exc
 
 
+class NotAnArray(IlotsError):
+    """The JSON file holds something other than an array."""
+
+
+def iter_json_array(path: str | os.PathLike[str], what: str = "file", chunk: int = 1 << 20) -> Iterator[Any]:
+    """The items of a JSON array file, one at a time: memory holds one item, not the whole file.
+
+    Raises:
+        IlotsError: the file is missing or not valid JSON; :class:`NotAnArray` when it is valid
+            JSON but not an array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IlotsError(f"{what} {path} does not exist.")
+    decoder = json.JSONDecoder()
+
+    def invalid(reason: str) -> IlotsError:
+        return IlotsError(f"{what} {path} is not valid JSON ({reason}); replace it with a valid one.")
+
+    with path.open(encoding="utf-8") as stream:
+        buf, pos, eof = "", 0, False
+
+        def more() -> bool:
+            nonlocal buf, pos, eof
+            if eof:
+                return False
+            try:
+                text = stream.read(max(chunk, len(buf) - pos))  # grows with an item that spans reads
+            except UnicodeDecodeError as exc:
+                raise invalid(str(exc)) from exc
+            if not text:
+                eof = True
+                return False
+            buf, pos = buf[pos:] + text, 0
+            return True
+
+        def next_char() -> str:
+            """The next non-blank character (not consumed), or '' at the end of the file."""
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or not more():
+                    return buf[pos] if pos < len(buf) else ""
+
+        if next_char() != "[":
+            # valid JSON of another kind, or not JSON at all: tell them apart with a full parse
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise invalid(str(exc)) from exc
+            raise NotAnArray(f"{what} {path} is not a JSON array.")
+        pos += 1
+        if next_char() == "]":
+            pos += 1
+        else:
+            while True:
+                next_char()
+                while True:
+                    try:
+                        item, end = decoder.raw_decode(buf, pos)
+                    except json.JSONDecodeError as exc:
+                        if more():
+                            continue
+                        raise invalid(str(exc)) from exc
+                    if len(buf) - end < 64 and more():  # a number the read may have cut: decode it whole
+                        continue
+                    break
+                pos = end
+                yield item
+                separator = next_char()
+                pos += 1
+                if separator == "]":
+                    break
+                if separator != ",":
+                    raise invalid(f"expected ',' or ']' after item, found {separator or 'the end'!r}")
+        if next_char():
+            raise invalid("extra data after the array")
+
+
 def open_georaster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """Open a raster that must carry a CRS and an affine transform.
 

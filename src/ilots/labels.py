@@ -19,7 +19,8 @@ Policies:
   background (0).
 * Inside a tile, the window is first set to background, then classes are drawn in ``priority``
   order, so a later class wins where regions overlap (by default a tree over a roof is a tree).
-  Classes absent from ``priority`` are drawn first, in ``classes`` order.
+  Labels ``merge`` maps to another class (``labels.merge: {roof: background}`` for a tree-only
+  model) are drawn first, then classes absent from ``priority``, in ``classes`` order.
 * Where two annotated tiles cover the same pixels, the task with the greater ``id`` wins.
 * Only annotated tasks are checked and rasterized: a task nobody annotated needs no georeference,
   and may name an orthophoto that is not in the orthophoto folder.
@@ -32,20 +33,19 @@ the output folder only at the end.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import os
 import re
 import tempfile
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import rasterio
 from affine import Affine
@@ -54,7 +54,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from ilots.errors import IlotsError
-from ilots.io import atomic_path, open_georaster, read_json, write_raster
+from ilots.io import NotAnArray, atomic_path, iter_json_array, open_georaster, write_raster
 
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "tree", "water", "roof")
 DEFAULT_PRIORITY: tuple[str, ...] = ("roof", "water", "tree")
@@ -67,23 +67,46 @@ _PIXEL_SIZE_RTOL = 1e-6
 _COUNT_CHUNK = 1 << 22
 _DRAWN_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
-_PULL_TRIES = 3
-_PULL_BACKOFF_S = 0.5
-_PULL_TIMEOUT_S = 300.0
-_RETRY_STATUSES = (502, 503, 504)
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class _Tile:
-    """Where one annotated task lies on its orthophoto, and what was drawn on it."""
+    """Where one annotated task lies on its orthophoto, and what was drawn on it.
+
+    ``result`` is the annotation's regions while the export is read; :class:`_Spool` then keeps
+    them on disk and the tile only their place there, so memory does not grow with the project.
+    """
 
     task_id: int
     ortho: str
     crs: str
     transform: Affine
     window: Mapping[str, Any] | None
-    result: list[dict]
+    result: list[dict] | None = None
+    offset: int = 0
+    length: int = 0
+
+
+class _Spool:
+    """Annotation results set aside in a temporary file while the export is read, reloaded per tile."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+
+    def keep(self, tile: _Tile) -> _Tile:
+        blob = json.dumps(tile.result, separators=(",", ":")).encode("utf-8")
+        self.file.seek(0, os.SEEK_END)
+        offset = self.file.tell()
+        self.file.write(blob)
+        return replace(tile, result=None, offset=offset, length=len(blob))
+
+    def result(self, tile: _Tile) -> list[dict]:
+        self.file.seek(tile.offset)
+        return json.loads(self.file.read(tile.length))
+
+    def close(self) -> None:
+        self.file.close()
 
 
 # --------------------------------------------------------------------------- public API
@@ -96,6 +119,7 @@ def build_masks(
     *,
     classes: Sequence[str] = DEFAULT_CLASSES,
     priority: Sequence[str] = DEFAULT_PRIORITY,
+    merge: Mapping[str, str] | None = None,
 ) -> dict:
     """Rasterize a Label Studio export onto every orthophoto of a folder.
 
@@ -109,6 +133,8 @@ def build_masks(
         out_dir: Folder to (re)create with one mask per orthophoto.
         classes: Class names; a name's index is its value in the masks.
         priority: Classes drawn in this order; a later class wins where regions overlap.
+        merge: Labels drawn as another class, e.g. ``{"roof": "background"}`` to train a tree-only
+            model on annotations that also have roofs; merged labels are drawn first.
 
     Returns:
         ``{"tasks": n, "annotated_tasks": n, "orthos": n,
@@ -118,24 +144,27 @@ def build_masks(
         IlotsError: unreadable export, no annotation at all, a task without georeference or
             off the orthophoto's grid, a missing orthophoto, a CRS mismatch, an unknown label.
     """
-    class_index = _class_index(classes, priority)
+    class_index = _class_index(classes, priority, merge or {})
     export_path, orthos_dir = Path(export_path), Path(orthos_dir)
-    tasks = _read_export(export_path)
-    tiles = _annotated_tiles(tasks, export_path)
-    orthos = _list_orthos(orthos_dir)
-    _check_orthos_present(tiles, orthos, orthos_dir)
-    by_ortho: dict[str, list[_Tile]] = defaultdict(list)
-    for tile in sorted(tiles, key=lambda t: t.task_id):
-        by_ortho[tile.ortho].append(tile)
+    spool = _Spool()
+    try:
+        n_tasks, tiles = _annotated_tiles(_iter_export(export_path), export_path, spool)
+        orthos = _list_orthos(orthos_dir)
+        _check_orthos_present(tiles, orthos, orthos_dir)
+        by_ortho: dict[str, list[_Tile]] = defaultdict(list)
+        for tile in sorted(tiles, key=lambda t: t.task_id):
+            by_ortho[tile.ortho].append(tile)
 
-    pixels = dict.fromkeys([*classes, "unlabeled"], 0)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name, path in sorted(orthos.items()):
-            mask = _ortho_mask(path, by_ortho.get(name, []), class_index, priority, tmp)
-            _count_pixels(mask, classes, pixels)
+        pixels = dict.fromkeys([*classes, "unlabeled"], 0)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, path in sorted(orthos.items()):
+                mask = _ortho_mask(path, by_ortho.get(name, []), class_index, priority, tmp, spool)
+                _count_pixels(mask, classes, pixels)
+    finally:
+        spool.close()
     return {
-        "tasks": len(tasks),
+        "tasks": n_tasks,
         "annotated_tasks": len(tiles),
         "orthos": len(orthos),
         "pixels": pixels,
@@ -182,89 +211,109 @@ def rasterize_annotation(
     return mask
 
 
-def pull_export(url: str, api_key: str, project_id: int, dest: Path) -> Path:
-    """Download a project's JSON export (all tasks) from a live Label Studio server.
+def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_size: int = 100) -> Path:
+    """Page through a project's tasks on a live Label Studio server into a snapshot at ``dest``.
 
-    Connection failures are retried (3 tries, with backoff). ``dest`` is replaced atomically,
-    only by a valid JSON export, and only when its content changed: the snapshot is canonical
-    (:func:`canonical_export`), so its hash moves only when the annotations do. The API key never
+    Tasks come ``page_size`` at a time and are set aside on disk as they arrive, so memory stays
+    bounded however large the project. The snapshot is canonical (:func:`canonical_task`, tasks in
+    id order): its bytes, which ``dvc repro`` hashes, change only when the annotations do. ``dest``
+    is replaced atomically, only when every page came and only when its content changed. Failures
+    are retried with backoff (:class:`~ilots.labeling.connection.Connection`); the API key never
     appears in an error message.
 
     Args:
         url: Base URL of the server, e.g. ``http://localhost:8080``.
         api_key: A personal access token or legacy token of a user of that server.
-        project_id: The Label Studio project to export.
-        dest: Where to write the export.
+        project_id: The Label Studio project to pull.
+        dest: Where to write the snapshot (a JSON list of tasks, one per line).
+        page_size: Tasks per request.
 
     Returns:
         ``dest``.
 
     Raises:
-        IlotsError: the server did not answer, rejected the key, has no such project, or did
-            not send a JSON export.
+        IlotsError: the server did not answer, rejected the key, has no such project or no task,
+            or is not a Label Studio server.
     """
+    from ilots.labeling.connection import Connection
+
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
-    os.close(fd)
-    download = Path(name)
+    offsets: dict[int, tuple[int, int]] = {}
     try:
-        _download_with_retries(url, api_key, project_id, download)
-        snapshot = canonical_export(_check_export_file(download, url, project_id))
+        with Connection(url, api_key) as conn, tempfile.TemporaryFile() as spool:
+            project = conn.call(
+                lambda: conn.get(f"/api/projects/{project_id}/"), f"read project {project_id}"
+            )
+            if not isinstance(project, dict) or project.get("id") != project_id:
+                raise IlotsError(
+                    f"the server at {url} did not answer as Label Studio for project {project_id}: check "
+                    "that LABEL_STUDIO_URL points to Label Studio."
+                )
+            for task in conn.iter_tasks(project_id, fields="all", page_size=page_size):
+                line = json.dumps(canonical_task(task), sort_keys=True, ensure_ascii=False).encode("utf-8")
+                offsets[int(task["id"])] = (spool.tell(), len(line))  # a task seen twice: the latest
+                spool.write(line)
+            if not offsets:
+                raise IlotsError(
+                    f"Label Studio project {project_id} at {url} has no task: publish tiles first "
+                    "(`ilots labeling publish`)."
+                )
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as tmp:
+                with tmp.open("wb") as out:
+                    out.write(b"[\n")
+                    for n, task_id in enumerate(sorted(offsets)):
+                        offset, length = offsets[task_id]
+                        spool.seek(offset)
+                        out.write((b",\n" if n else b"") + spool.read(length))
+                    out.write(b"\n]\n")
+                if dest.is_file() and filecmp.cmp(tmp, dest, shallow=False):
+                    raise _Unchanged
+    except _Unchanged:
+        pass  # same annotations: the snapshot (and its mtime) stay as they were
     except IlotsError as exc:
         raise IlotsError(_redact(str(exc), api_key)) from None
-    finally:
-        download.unlink(missing_ok=True)
-    if not dest.is_file() or dest.read_bytes() != snapshot:
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(snapshot)
     return dest
 
 
-# Fields that change without any annotation changing (pre-annotations, comments, counters): left
-# out of the snapshot so that its hash, which `dvc repro` tracks, moves only with the annotations.
-_VOLATILE_TASK_FIELDS = frozenset(
-    {
-        "predictions",
-        "drafts",
-        "updated_at",
-        "updated_by",
-        "total_predictions",
-        "comment_count",
-        "unresolved_comment_count",
-        "last_comment_updated_at",
-        "comment_authors",
-        "annotators",
-        "is_labeled",
-        "overlap",
-    }
+class _Unchanged(Exception):
+    """The new snapshot equals the old one: leave the old file untouched."""
+
+
+# What the snapshot keeps of a task and of its annotations: what the labels stage reads, plus who
+# and when. Everything else (pre-annotations, counters, comments, the data manager's derived
+# columns) changes without any annotation changing and would move the hash `dvc repro` tracks.
+_TASK_KEYS = ("id", "data", "meta", "annotations")
+_ANNOTATION_KEYS = (
+    "id",
+    "result",
+    "was_cancelled",
+    "ground_truth",
+    "created_at",
+    "updated_at",
+    "completed_by",
 )
 
 
-def canonical_export(tasks: list[dict]) -> bytes:
-    """The export as a stable snapshot: tasks and annotations sorted by id, keys sorted,
-    volatile task fields dropped. Same annotations, same bytes.
-    """
-    snapshot = []
-    for task in sorted(tasks, key=lambda t: t.get("id", -1) if isinstance(t, dict) else -1):
-        if not isinstance(task, dict):
-            snapshot.append(task)
-            continue
-        kept = {k: v for k, v in task.items() if k not in _VOLATILE_TASK_FIELDS}
-        if isinstance(kept.get("annotations"), list):
-            kept["annotations"] = sorted(
-                kept["annotations"],
-                key=lambda a: a.get("id", -1) if isinstance(a, dict) and isinstance(a.get("id"), int) else -1,
-            )
-        snapshot.append(kept)
-    return (json.dumps(snapshot, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+def canonical_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as the snapshot keeps it: :data:`_TASK_KEYS`, annotations sorted by id, each
+    reduced to :data:`_ANNOTATION_KEYS`. Same annotations, same JSON."""
+    kept = {k: task[k] for k in _TASK_KEYS if k in task}
+    annotations = [a for a in kept.get("annotations") or [] if isinstance(a, dict)]
+    kept["annotations"] = sorted(
+        ({k: a[k] for k in _ANNOTATION_KEYS if k in a} for a in annotations),
+        key=lambda a: a["id"] if isinstance(a.get("id"), int) else -1,
+    )
+    return kept
 
 
 # --------------------------------------------------------------------------- export parsing
 
 
-def _class_index(classes: Sequence[str], priority: Sequence[str]) -> dict[str, int]:
-    """Map class names to values, checking ``classes`` and ``priority`` make sense."""
+def _class_index(
+    classes: Sequence[str], priority: Sequence[str], merge: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Map label names to values (merged labels to their class's), checking the settings make sense."""
     if isinstance(classes, str) or isinstance(priority, str):
         raise IlotsError("`classes` (conf/config.yaml) and `labels.priority` must be lists of class names.")
     if not classes or len(classes) >= NODATA:
@@ -277,39 +326,49 @@ def _class_index(classes: Sequence[str], priority: Sequence[str]) -> dict[str, i
             f"`labels.priority` names {', '.join(map(repr, unknown))}, not in `classes` (conf/config.yaml) "
             f"({', '.join(classes)}): fix one of them."
         )
-    return {name: value for value, name in enumerate(classes)}
+    index = {name: value for value, name in enumerate(classes)}
+    for label, target in (merge or {}).items():
+        if label in index or target not in index:
+            raise IlotsError(
+                f"`labels.merge` maps {label!r} to {target!r}: map a label that is not a class to one of "
+                f"the classes ({', '.join(classes)})."
+            )
+    merged = {label: index[target] for label, target in (merge or {}).items()}
+    return {**merged, **index}
 
 
-def _read_export(export_path: Path) -> list[dict]:
-    """Read the export and check it is a list of tasks."""
-    tasks = read_json(export_path, "Label Studio export")
-    if not isinstance(tasks, list):
+def _iter_export(export_path: Path) -> Iterator[dict]:
+    """The export's tasks, read one at a time, each checked to be a task with an id."""
+    try:
+        for position, task in enumerate(iter_json_array(export_path, "Label Studio export")):
+            if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+                raise IlotsError(
+                    f"Label Studio export {export_path}: item {position} is not a task with an id: "
+                    "export the project in the JSON format."
+                )
+            yield task
+    except NotAnArray:
         raise IlotsError(
             f"Label Studio export {export_path} is not a list of tasks: export the project "
             "in the JSON format (not JSON_MIN or CSV)."
-        )
-    for position, task in enumerate(tasks):
-        if not isinstance(task, dict) or not isinstance(task.get("id"), int):
-            raise IlotsError(
-                f"Label Studio export {export_path}: item {position} is not a task with an id: "
-                "export the project in the JSON format."
-            )
-    return tasks
+        ) from None
 
 
-def _annotated_tiles(tasks: list[dict], export_path: Path) -> list[_Tile]:
-    """The tasks with a usable annotation, with their georeference checked."""
-    tiles = []
+def _annotated_tiles(tasks: Iterable[dict], export_path: Path, spool: _Spool) -> tuple[int, list[_Tile]]:
+    """The number of tasks, and the tasks with a usable annotation (georeference checked, regions
+    set aside in ``spool``)."""
+    tiles, n_tasks = [], 0
     for task in tasks:
+        n_tasks += 1
         annotation = _latest_annotation(task)
         if annotation is not None:
-            tiles.append(_tile(task, annotation))
+            tiles.append(spool.keep(_tile(task, annotation)))
     if not tiles:
         raise IlotsError(
             f"Label Studio export {export_path} contains no annotation: annotate at least one "
             "task in Label Studio or check the export."
         )
-    return tiles
+    return n_tasks, tiles
 
 
 def _latest_annotation(task: Mapping[str, Any]) -> dict | None:
@@ -424,15 +483,19 @@ def _ortho_mask(
     class_index: Mapping[str, int],
     priority: Sequence[str],
     out_dir: Path,
+    spool: _Spool,
 ) -> np.ndarray:
     """Paint the tiles of one orthophoto (in task id order) and write its mask into out_dir."""
     with open_georaster(path) as src:
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
     mask = np.full((height, width), NODATA, dtype=np.uint8)
-    for tile in tiles:
+    for ref in tiles:
+        tile = replace(ref, result=spool.result(ref))
         _check_crs(tile, crs, path)
         row, col, tile_h, tile_w = _tile_window(tile, transform, path)
-        tile_mask = rasterize_annotation(tile.result, tile_h, tile_w, class_index, priority, tile.task_id)
+        tile_mask = rasterize_annotation(
+            tile.result or [], tile_h, tile_w, class_index, priority, tile.task_id
+        )
         _paste(mask, tile_mask, row, col, tile, path)
     dest = out_dir / f"{path.stem}.tif"
     write_raster(
@@ -505,7 +568,7 @@ def _tile_size(tile: _Tile, col: int, row: int, ortho_path: Path) -> tuple[int, 
 
 def _size_from_results(tile: _Tile) -> tuple[int, int]:
     """Tile size from the results' original_height/width when the task has no window."""
-    for item in tile.result:
+    for item in tile.result or []:
         height, width = item.get("original_height"), item.get("original_width")
         if isinstance(height, int) and isinstance(width, int):
             return height, width
@@ -649,89 +712,7 @@ def _fill(points: list[tuple[float, float]], height: int, width: int) -> np.ndar
     return burned.astype(bool)
 
 
-# --------------------------------------------------------------------------- pulling an export
-
-
-def _download_with_retries(url: str, api_key: str, project_id: int, tmp: Path) -> None:
-    """Stream the export into tmp, retrying connection failures with backoff."""
-    reason = ""
-    for attempt in range(_PULL_TRIES):
-        if attempt:
-            time.sleep(_PULL_BACKOFF_S * 2 ** (attempt - 1))
-        try:
-            _download(url, api_key, project_id, tmp)
-            return
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-            reason = type(exc).__name__
-        except httpx.TimeoutException as exc:
-            raise IlotsError(
-                f"the Label Studio server at {url} did not send the export of project {project_id} "
-                f"within {_PULL_TIMEOUT_S:g} s ({type(exc).__name__}): retry, or export it from the "
-                "web interface."
-            ) from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise IlotsError(
-                f"the Label Studio server at {url} did not answer ({type(exc).__name__}): check "
-                "the URL and that the server is running."
-            ) from None
-        except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            if status in _RETRY_STATUSES:
-                reason = f"HTTP {status}"
-                continue
-            raise _api_failure(url, project_id, exc) from None
-    raise IlotsError(
-        f"the Label Studio server at {url} did not answer after {_PULL_TRIES} tries ({reason}): "
-        "start it (label-studio start) or check the URL."
-    )
-
-
-def _download(url: str, api_key: str, project_id: int, tmp: Path) -> None:
-    """One attempt: stream the JSON export of all tasks into tmp."""
-    from label_studio_sdk import LabelStudio
-
-    with httpx.Client(timeout=_PULL_TIMEOUT_S, follow_redirects=True) as http:
-        client = LabelStudio(base_url=url, api_key=api_key, httpx_client=http, max_retries=0)
-        chunks = client.projects.exports.download_sync(
-            project_id, export_type="JSON", download_all_tasks=True
-        )
-        with tmp.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-
-
-def _api_failure(url: str, project_id: int, exc: Exception) -> IlotsError:
-    """An IlotsError for a server answer other than an export (never quoting headers or key)."""
-    status = getattr(exc, "status_code", None)
-    if status in (401, 403):
-        return IlotsError(
-            f"the Label Studio server at {url} rejected the API key (HTTP {status}): copy a valid "
-            "access token from Account & Settings (a legacy token needs the server started with "
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)."
-        )
-    if status == 404:
-        return IlotsError(
-            f"the Label Studio server at {url} has no project {project_id} (HTTP 404): check the project id."
-        )
-    detail = f"HTTP {status}" if status is not None else type(exc).__name__
-    return IlotsError(
-        f"the Label Studio server at {url} refused the export of project {project_id} ({detail}): "
-        "check the URL, the project id and the server's log."
-    )
-
-
-def _check_export_file(path: Path, url: str, project_id: int) -> list:
-    """The downloaded tasks; fails unless the file is a JSON list of tasks."""
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        tasks = None
-    if not isinstance(tasks, list):
-        raise IlotsError(
-            f"the server at {url} did not send a JSON export for project {project_id}: check that "
-            "the URL points to Label Studio."
-        )
-    return tasks
+# --------------------------------------------------------------------------- helpers
 
 
 def _redact(message: str, secret: str) -> str:

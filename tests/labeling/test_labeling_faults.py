@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_http import serve
 from ls_server import Server, free_port
 from test_labeling_roundtrip import REPO, TILE, annotate, brush_result, run, run_error, write_ortho16
 
@@ -152,3 +153,79 @@ def test_a_task_without_georeference_is_named(
     annotate(conn, task["id"], [brush_result(np.ones((64, 64), bool), "roof")])
     err = run_error(capsys, "labeling", "pull", "--project", str(project_id), *pull_overrides(project))
     assert f"task {task['id']} has no georeference" in err
+
+
+def test_a_project_that_does_not_exist_is_named_and_the_snapshot_kept(
+    project: Path, ls_env: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "export.json").write_text("previous snapshot")
+    err = run_error(capsys, "labeling", "pull", "--project", "4242", *pull_overrides(project))
+    assert "project 4242" in err and "HTTP 404" in err
+    assert (project / "export.json").read_text() == "previous snapshot"
+
+
+@pytest.fixture
+def lossy_proxy(ls_server: Server) -> Iterator[tuple[str, list[str]]]:
+    """A proxy to the real server that forwards the first POST to an import endpoint, then drops the
+    connection instead of answering: the server applied the write, the client never heard back."""
+    import http.server
+
+    import httpx
+
+    dropped: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            answer = httpx.request(self.command, ls_server.url + self.path, headers=headers, content=body,
+                                   timeout=60)  # fmt: skip
+            if self.command == "POST" and "/import" in self.path and not dropped:
+                dropped.append(self.path)
+                self.close_connection = True
+                return  # the write happened; the answer is lost
+            self.send_response(answer.status_code)
+            for key in ("Content-Type",):
+                if key in answer.headers:
+                    self.send_header(key, answer.headers[key])
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PATCH = _forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serve(Proxy) as url:
+        yield url, dropped
+
+
+def test_an_import_whose_answer_was_lost_is_not_duplicated(
+    project: Path, ls_env: Server, lossy_proxy: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    proxy_url, dropped = lossy_proxy
+    write_ortho16(project / "orthos" / "lyon16.tif")
+    project_id = run(capsys, "labeling", "init", "--title", "lossy", "--config", CONFIG)["project_id"]
+    monkeypatch.setenv("LABEL_STUDIO_URL", proxy_url)
+    summary = run(capsys, "labeling", "publish", str(project / "orthos" / "lyon16.tif"), "--project", "lossy",
+                  "--tile-size", str(TILE))  # fmt: skip
+    assert dropped == [f"/api/projects/{project_id}/import?commit_to_project=true"]
+    assert summary["tasks_created"] == 4
+    with Connection(ls_env.url, ls_env.legacy_token) as conn:
+        tasks = list(conn.iter_tasks(project_id, fields="task_only"))
+        assert len(tasks) == 4  # not 8
+
+        # the same for pre-annotations
+        from ilots.labeling.prelabel import push_in_batches
+
+        dropped.clear()
+        with Connection(proxy_url, ls_env.legacy_token, backoff_s=0.05) as lossy:
+            pushed = [{"task": t["id"], "model_version": "v1", "score": 0.5,
+                       "result": [brush_result(np.ones((4, 4), bool), "roof")]} for t in tasks]  # fmt: skip
+            push_in_batches(lossy, project_id, pushed)
+        assert dropped and "/import/predictions" in dropped[0]
+        for t in tasks:
+            predictions = conn.get("/api/predictions/", params={"task": t["id"]})
+            assert len(predictions) == 1, t["id"]

@@ -179,10 +179,27 @@ def test_round_trip_masks_equal_what_was_drawn_at_the_right_ground_place(
     np.testing.assert_array_equal(mask[:64, 64:], np.where(polygon_pixels(32, 64), 3, 0))
     assert (mask[64:] == 255).all()  # skipped and unannotated tiles
 
-    # pulling again with no annotation change leaves the snapshot as it was
+    # pulling again with no annotation change, after a pre-annotation came, leaves the snapshot as it was
     before = (export.read_bytes(), export.stat().st_mtime_ns)
+    ls_conn.post(
+        f"/api/projects/{project_id}/import/predictions",
+        json=[{"task": tasks[(64, 64)]["id"], "model_version": "v1", "score": 0.5,
+               "result": [brush_result(np.ones((16, 32), bool), "roof")]}],
+    )  # fmt: skip
     run(capsys, "labeling", "pull", "--project", str(project_id), *overrides)
     assert (export.read_bytes(), export.stat().st_mtime_ns) == before
+
+    # page by page (one task per request) gives the same snapshot
+    from ilots.labels import pull_export
+
+    paged = pull_export(ls_env.url, ls_env.legacy_token, project_id, project / "paged.json", page_size=1)
+    assert paged.read_bytes() == before[0]
+    assert [t["id"] for t in json.loads(before[0])] == sorted(t["id"] for t in tasks.values())
+
+    # a changed annotation changes it
+    annotate(ls_conn, tasks[(64, 64)]["id"], [brush_result(np.ones((16, 32), bool), "water")])
+    run(capsys, "labeling", "pull", "--project", str(project_id), *overrides)
+    assert export.read_bytes() != before[0]
 
 
 def test_personal_access_token_works_like_the_legacy_token(

@@ -84,8 +84,13 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, fn: Callable[[], T], what: str) -> T:
-        """Run one API call, retrying transient failures; ``what`` names it in errors."""
+    def call(self, fn: Callable[[], T], what: str, *, before_retry: Callable[[], None] | None = None) -> T:
+        """Run one API call, retrying transient failures; ``what`` names it in errors.
+
+        ``before_retry`` runs before each new try: a write whose answer was lost (a timeout, a
+        dropped connection, a gateway error) may have been applied all the same, so writes use it
+        to send again only what the server does not have yet.
+        """
         reason = ""
         for attempt in range(self.tries):
             if attempt:
@@ -93,10 +98,10 @@ class Connection:
                 log.debug("retrying %s in %.1f s (%s)", what, delay, reason)
                 time.sleep(delay)
             try:
+                if attempt and before_retry is not None:
+                    before_retry()
                 return fn()
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                reason = type(exc).__name__
-            except httpx.TimeoutException as exc:
+            except (httpx.TimeoutException, httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 reason = type(exc).__name__
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._error(
@@ -123,6 +128,11 @@ class Connection:
                 f"the Label Studio server at {self.url} rejected the API key (HTTP {status}) while trying "
                 f"to {what}: set {KEY_ENV} to a valid access token from Account & Settings (a legacy "
                 "token needs the server started with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)."
+            )
+        if status == 404:
+            return self._error(
+                f"the Label Studio server at {self.url} found nothing to {what} (HTTP 404): check the "
+                "project id (labels.project_id or --project) and the URL."
             )
         body = getattr(exc, "body", None)
         detail = body.get("detail") or body.get("validation_errors") if isinstance(body, dict) else None

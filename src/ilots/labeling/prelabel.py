@@ -138,14 +138,8 @@ def _unlabeled_tasks(conn: Connection, project_id: int, model_version: str) -> I
     for task in conn.iter_tasks(project_id, query=UNANNOTATED, fields="task_only"):
         if task.get("total_annotations", 0):
             continue
-        if task.get("total_predictions", 0):
-            task_id = task["id"]
-            predictions = conn.call(
-                lambda t=task_id: conn.get("/api/predictions/", params={"task": t}),
-                f"list predictions of task {task_id}",
-            )
-            if any(p.get("model_version") == model_version for p in predictions or []):
-                continue
+        if task.get("total_predictions", 0) and _has_prediction(conn, task["id"], model_version):
+            continue
         yield task
 
 
@@ -213,7 +207,26 @@ def push_in_batches(conn: Connection, project_id: int, predictions: Iterable[dic
 
 
 def _push(conn: Connection, project_id: int, predictions: list[dict]) -> None:
+    """Push predictions; idempotent: a retry after a lost answer skips the tasks that got theirs."""
+    pending = predictions
+
+    def missing_only() -> None:
+        nonlocal pending
+        pending = [p for p in pending if not _has_prediction(conn, p["task"], p["model_version"])]
+        log.info("push retry: %d of %d prediction(s) still missing", len(pending), len(predictions))
+
+    def send() -> None:
+        if pending:
+            conn.post(f"/api/projects/{project_id}/import/predictions", json=pending)
+
     conn.call(
-        lambda: conn.post(f"/api/projects/{project_id}/import/predictions", json=predictions),
-        f"push {len(predictions)} prediction(s) to project {project_id}",
+        send, f"push {len(predictions)} prediction(s) to project {project_id}", before_retry=missing_only
     )
+
+
+def _has_prediction(conn: Connection, task_id: int, model_version: str) -> bool:
+    """Whether the task already holds a prediction of this model version."""
+    predictions = conn.call(
+        lambda: conn.get("/api/predictions/", params={"task": task_id}), f"list predictions of task {task_id}"
+    )
+    return any(p.get("model_version") == model_version for p in predictions or [])

@@ -278,10 +278,20 @@ def publish(
 
 
 def _import(conn: Connection, project_id: int, tasks: list[dict]) -> int:
-    answer = conn.call(
-        lambda: conn.post(
-            f"/api/projects/{project_id}/import", json=tasks, params={"commit_to_project": "true"}
-        ),
-        f"import {len(tasks)} task(s) into project {project_id}",
-    )
-    return int((answer or {}).get("task_count", len(tasks)))
+    """Create the tasks; idempotent: a retry after a lost answer sends only the tiles still missing."""
+    pending = tasks
+
+    def missing_only() -> None:
+        nonlocal pending
+        present = published_tiles(conn, project_id)
+        pending = [t for t in pending if _tile_key(t["data"]) not in present]
+        log.info("import retry: %d of %d task(s) still missing", len(pending), len(tasks))
+
+    def send() -> None:
+        if pending:
+            conn.post(
+                f"/api/projects/{project_id}/import", json=pending, params={"commit_to_project": "true"}
+            )
+
+    conn.call(send, f"import {len(tasks)} task(s) into project {project_id}", before_retry=missing_only)
+    return len(tasks)
