@@ -530,3 +530,30 @@ def test_merged_labels_become_their_class_and_trees_still_win_over_them(env: dic
 def test_a_merge_into_no_class_or_of_a_class_is_refused(env: dict[str, Path], merge: dict) -> None:
     with pytest.raises(IlotsError, match=r"labels\.merge"):
         run(env, _good_tasks(), merge=merge)
+
+
+def test_majority_policy_votes_per_pixel_and_gives_ties_to_the_latest(env: dict[str, Path]) -> None:
+    def at(hour: int) -> dict:
+        return {"updated": f"2026-10-02T{hour:02d}:00:00Z", "created": f"2026-10-02T{hour:02d}:00:00Z"}
+
+    # three annotators on one tile: two say tree on the left square, the latest says roof there;
+    # on the right square one says water, one roof, one nothing (a three-way tie: the latest's)
+    a = annotation(1, [brush(square(0, 8, 0, 8), "tree"), brush(square(0, 8, 16, 24), "water")], **at(9))
+    b = annotation(2, [brush(square(0, 8, 0, 8), "tree"), brush(square(0, 8, 16, 24), "roof")], **at(10))
+    c = annotation(3, [brush(square(0, 8, 0, 8), "roof")], **at(11))
+    tasks = [task(1, 0, 0, [c, a, b])]
+    _, majority, _ = run(env, tasks, annotators="majority")
+    expected = np.zeros((TILE, TILE), np.uint8)
+    expected[0:8, 0:8] = 1  # tree, 2 votes against 1
+    np.testing.assert_array_equal(tile_of(majority, 0, 0), expected)
+    _, latest, _ = run(env, tasks)
+    expected[0:8, 0:8] = 3  # the latest alone
+    np.testing.assert_array_equal(tile_of(latest, 0, 0), expected)
+    # one annotator: majority and latest agree
+    single = [task(1, 0, 0, [a])]
+    np.testing.assert_array_equal(run(env, single, annotators="majority")[1], run(env, single)[1])
+
+
+def test_an_unknown_annotator_policy_is_refused(env: dict[str, Path]) -> None:
+    with pytest.raises(IlotsError, match=r"labels\.annotators='vote'"):
+        run(env, _good_tasks(), annotators="vote")

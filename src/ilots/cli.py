@@ -70,6 +70,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
             classes=list(cfg.classes),
             priority=list(cfg.labels.priority),
             merge=dict(cfg.labels.get("merge") or {}),
+            annotators=str(cfg.labels.get("annotators", "latest")),
         )
     )
 

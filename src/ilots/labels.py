@@ -13,8 +13,11 @@ Policies:
 
 * Cancelled annotations (``was_cancelled: true``, i.e. skipped tasks) are ignored; a task with only
   cancelled annotations stays unlabeled (255).
-* When a task has several non-cancelled annotations, the **latest** one wins: the greatest
-  ``updated_at``, then ``created_at``, then annotation ``id``. The others are not merged.
+* When a task has several non-cancelled annotations, ``labels.annotators`` decides: ``latest``
+  (default) keeps the latest one (the greatest ``updated_at``, then ``created_at``, then annotation
+  ``id``); ``majority`` rasterizes each and keeps, per pixel, the value most annotations give, a
+  tie going to the latest annotation among the tied values (with two annotators who disagree,
+  the latest wins).
 * An annotation with an empty result means "annotated, nothing there": the whole tile is
   background (0).
 * Inside a tile, the window is first set to background, then classes are drawn in ``priority``
@@ -58,6 +61,7 @@ from ilots.io import NotAnArray, atomic_path, iter_json_array, open_georaster, w
 
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "tree", "water", "roof")
 DEFAULT_PRIORITY: tuple[str, ...] = ("roof", "water", "tree")
+ANNOTATOR_POLICIES = ("latest", "majority")
 
 NODATA = 255
 ORTHO_SUFFIXES = (".tif", ".tiff")
@@ -74,8 +78,9 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 class _Tile:
     """Where one annotated task lies on its orthophoto, and what was drawn on it.
 
-    ``result`` is the annotation's regions while the export is read; :class:`_Spool` then keeps
-    them on disk and the tile only their place there, so memory does not grow with the project.
+    ``results`` are the regions of the annotations used (oldest first, the latest last) while the
+    export is read; :class:`_Spool` then keeps them on disk and the tile only their place there, so
+    memory does not grow with the project.
     """
 
     task_id: int
@@ -83,7 +88,7 @@ class _Tile:
     crs: str
     transform: Affine
     window: Mapping[str, Any] | None
-    result: list[dict] | None = None
+    results: list[list[dict]] | None = None
     offset: int = 0
     length: int = 0
 
@@ -95,13 +100,13 @@ class _Spool:
         self.file = tempfile.TemporaryFile()
 
     def keep(self, tile: _Tile) -> _Tile:
-        blob = json.dumps(tile.result, separators=(",", ":")).encode("utf-8")
+        blob = json.dumps(tile.results, separators=(",", ":")).encode("utf-8")
         self.file.seek(0, os.SEEK_END)
         offset = self.file.tell()
         self.file.write(blob)
-        return replace(tile, result=None, offset=offset, length=len(blob))
+        return replace(tile, results=None, offset=offset, length=len(blob))
 
-    def result(self, tile: _Tile) -> list[dict]:
+    def results(self, tile: _Tile) -> list[list[dict]]:
         self.file.seek(tile.offset)
         return json.loads(self.file.read(tile.length))
 
@@ -120,6 +125,7 @@ def build_masks(
     classes: Sequence[str] = DEFAULT_CLASSES,
     priority: Sequence[str] = DEFAULT_PRIORITY,
     merge: Mapping[str, str] | None = None,
+    annotators: str = "latest",
 ) -> dict:
     """Rasterize a Label Studio export onto every orthophoto of a folder.
 
@@ -135,6 +141,8 @@ def build_masks(
         priority: Classes drawn in this order; a later class wins where regions overlap.
         merge: Labels drawn as another class, e.g. ``{"roof": "background"}`` to train a tree-only
             model on annotations that also have roofs; merged labels are drawn first.
+        annotators: Several annotations on one task: ``latest`` (the latest wins) or ``majority``
+            (per-pixel vote; a tie goes to the latest annotation among the tied values).
 
     Returns:
         ``{"tasks": n, "annotated_tasks": n, "orthos": n,
@@ -145,10 +153,14 @@ def build_masks(
             off the orthophoto's grid, a missing orthophoto, a CRS mismatch, an unknown label.
     """
     class_index = _class_index(classes, priority, merge or {})
+    if annotators not in ANNOTATOR_POLICIES:
+        raise IlotsError(f"labels.annotators={annotators!r}: use one of {', '.join(ANNOTATOR_POLICIES)}.")
     export_path, orthos_dir = Path(export_path), Path(orthos_dir)
     spool = _Spool()
     try:
-        n_tasks, tiles = _annotated_tiles(_iter_export(export_path), export_path, spool)
+        n_tasks, tiles = _annotated_tiles(
+            _iter_export(export_path), export_path, spool, keep_all=annotators == "majority"
+        )
         orthos = _list_orthos(orthos_dir)
         _check_orthos_present(tiles, orthos, orthos_dir)
         by_ortho: dict[str, list[_Tile]] = defaultdict(list)
@@ -354,15 +366,17 @@ def _iter_export(export_path: Path) -> Iterator[dict]:
         ) from None
 
 
-def _annotated_tiles(tasks: Iterable[dict], export_path: Path, spool: _Spool) -> tuple[int, list[_Tile]]:
+def _annotated_tiles(
+    tasks: Iterable[dict], export_path: Path, spool: _Spool, *, keep_all: bool = False
+) -> tuple[int, list[_Tile]]:
     """The number of tasks, and the tasks with a usable annotation (georeference checked, regions
-    set aside in ``spool``)."""
+    set aside in ``spool``): the latest annotation of each, or all of them with ``keep_all``."""
     tiles, n_tasks = [], 0
     for task in tasks:
         n_tasks += 1
-        annotation = _latest_annotation(task)
-        if annotation is not None:
-            tiles.append(spool.keep(_tile(task, annotation)))
+        annotations = _annotations_by_age(task)
+        if annotations:
+            tiles.append(spool.keep(_tile(task, annotations if keep_all else annotations[-1:])))
     if not tiles:
         raise IlotsError(
             f"Label Studio export {export_path} contains no annotation: annotate at least one "
@@ -371,14 +385,12 @@ def _annotated_tiles(tasks: Iterable[dict], export_path: Path, spool: _Spool) ->
     return n_tasks, tiles
 
 
-def _latest_annotation(task: Mapping[str, Any]) -> dict | None:
-    """The task's latest non-cancelled annotation, or None."""
+def _annotations_by_age(task: Mapping[str, Any]) -> list[dict]:
+    """The task's non-cancelled annotations, oldest first (the latest last)."""
     annotations = [
         a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled", False)
     ]
-    if not annotations:
-        return None
-    return max(annotations, key=_annotation_age)
+    return sorted(annotations, key=_annotation_age)
 
 
 def _annotation_age(annotation: Mapping[str, Any]) -> tuple[datetime, datetime, int]:
@@ -402,8 +414,8 @@ def _timestamp(value: Any) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _tile(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> _Tile:
-    """Read an annotated task's georeference."""
+def _tile(task: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]]) -> _Tile:
+    """Read an annotated task's georeference and its annotations' regions."""
     task_id = task["id"]
     data = task.get("data") or {}
     ortho, crs, transform = data.get("ortho"), data.get("crs"), data.get("transform")
@@ -417,8 +429,8 @@ def _tile(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> _Tile:
             f"task {task_id} does not name its orthophoto (data.ortho): import tiles made by "
             "`ilots`, which carry it."
         )
-    result = annotation.get("result") or []
-    if not isinstance(result, list):
+    results = [annotation.get("result") or [] for annotation in annotations]
+    if not all(isinstance(result, list) for result in results):
         raise IlotsError(f"task {task_id}: annotation result is not a list; re-export the project.")
     window = data.get("window")
     return _Tile(
@@ -427,7 +439,7 @@ def _tile(task: Mapping[str, Any], annotation: Mapping[str, Any]) -> _Tile:
         crs=str(crs),
         transform=_affine(transform, task_id),
         window=window if isinstance(window, dict) else None,
-        result=result,
+        results=results,
     )
 
 
@@ -490,11 +502,14 @@ def _ortho_mask(
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
     mask = np.full((height, width), NODATA, dtype=np.uint8)
     for ref in tiles:
-        tile = replace(ref, result=spool.result(ref))
+        tile = replace(ref, results=spool.results(ref))
         _check_crs(tile, crs, path)
         row, col, tile_h, tile_w = _tile_window(tile, transform, path)
-        tile_mask = rasterize_annotation(
-            tile.result or [], tile_h, tile_w, class_index, priority, tile.task_id
+        tile_mask = _vote(
+            [
+                rasterize_annotation(result, tile_h, tile_w, class_index, priority, tile.task_id)
+                for result in tile.results or []
+            ]
         )
         _paste(mask, tile_mask, row, col, tile, path)
     dest = out_dir / f"{path.stem}.tif"
@@ -568,7 +583,7 @@ def _tile_size(tile: _Tile, col: int, row: int, ortho_path: Path) -> tuple[int, 
 
 def _size_from_results(tile: _Tile) -> tuple[int, int]:
     """Tile size from the results' original_height/width when the task has no window."""
-    for item in tile.result or []:
+    for item in (tile.results or [[]])[-1]:
         height, width = item.get("original_height"), item.get("original_width")
         if isinstance(height, int) and isinstance(width, int):
             return height, width
@@ -603,6 +618,23 @@ def _count_pixels(mask: np.ndarray, classes: Sequence[str], pixels: dict[str, in
 
 
 # --------------------------------------------------------------------------- regions
+
+
+def _vote(masks: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel majority of the annotations' masks (oldest first); a tie goes to the latest of the
+    tied values' annotations. One mask is returned as it is."""
+    winner = masks[-1].copy()
+    if len(masks) == 1:
+        return winner
+    stack = np.stack(masks)
+    votes = [(stack == mask).sum(axis=0) for mask in masks]  # votes for each annotation's value
+    best = np.max(votes, axis=0)
+    decided = votes[-1] == best
+    for mask, count in zip(masks[-2::-1], votes[-2::-1], strict=True):
+        take = ~decided & (count == best)
+        winner[take] = mask[take]
+        decided |= take
+    return winner
 
 
 def _draw_order(class_index: Mapping[str, int], priority: Sequence[str]) -> list[str]:
