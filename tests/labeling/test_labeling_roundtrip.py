@@ -226,6 +226,43 @@ def test_personal_access_token_works_like_the_legacy_token(
     assert summary["pixels"]["water"] == 16 * 64
 
 
+def test_upload_storage_puts_the_tiles_on_the_server_and_a_drawn_pixel_lands_on_the_ground(
+    project: Path, ls_env: Server, ls_conn: Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ortho = project / "orthos" / "lyon-upload.tif"
+    write_ortho16(ortho, seed=3)
+    config = str(REPO / "labeling" / "config.xml")
+    project_id = run(capsys, "labeling", "init", "--title", "upload", "--config", config)["project_id"]
+    publish = ["labeling", "publish", str(ortho), "--project", "upload", "--tile-size", str(TILE),
+               "--storage", "upload", "--tiles-dir", str(project / "tiles")]  # fmt: skip
+    assert run(capsys, *publish)["tasks_created"] == 4
+    tasks = tasks_by_window(ls_conn, project_id)
+    for (col, row), task in tasks.items():
+        image = task["data"]["image"]
+        assert image.startswith(f"/data/upload/{project_id}/"), image
+        served = ls_conn._http.get(
+            ls_env.url + image, headers={"Authorization": f"Token {ls_env.legacy_token}"}
+        )
+        assert served.status_code == 200
+        local = project / "tiles" / f"lyon-upload_r{row:05d}_c{col:05d}.png"
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(Image.open(local))
+        )
+    assert run(capsys, *publish)["tasks_created"] == 0
+
+    annotate(ls_conn, tasks[(64, 0)]["id"], [brush_result(np.ones((64, 32), bool), "roof")])
+    overrides = [
+        f"labels.export={project / 'e.json'}",
+        f"labels.orthos={ortho.parent}",
+        f"labels.out={project / 'm'}",
+    ]
+    assert (
+        run(capsys, "labeling", "pull", "--project", str(project_id), *overrides)["pixels"]["roof"] == 64 * 32
+    )
+    with rasterio.open(project / "m" / "lyon-upload.tif") as src:
+        assert src.read(1)[src.index(X0 + 64.5 * RES, Y0 - 0.5 * RES)] == 3
+
+
 def tiny_segmenter(folder: Path) -> Path:
     """A 1x1-conv model bundle: tree where NIR is high, roof where red is high, water where both are low."""
     import torch

@@ -146,9 +146,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--storage",
-        choices=("local-files", "url"),
+        choices=("local-files", "url", "upload"),
         default="local-files",
-        help="how the server reads the tiles (default: local-files)",
+        help="how the server reads the tiles: from its document root, from URLs, or uploaded to it "
+        "(default: local-files)",
     )
     p.add_argument(
         "--tiles-dir",

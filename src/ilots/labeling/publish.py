@@ -19,11 +19,15 @@ How the server reaches the PNGs (``storage``):
 * ``url``: PNGs are written to ``tiles_dir`` and referenced as ``url_prefix + name``; copy the
   folder to where that prefix points (a web server, or a bucket: with ``s3://``/``gs://`` prefixes,
   connect the bucket as cloud storage in Label Studio so that it presigns the URLs).
+* ``upload``: PNGs are written to ``tiles_dir`` (kept as a copy) and uploaded to the server, which
+  stores and serves them itself (``/data/upload/...``): for a server that shares no disk with you.
+  Uploaded files count against the server's disk; tasks are created after their files landed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -47,13 +51,14 @@ DEFAULT_TILE_SIZE = 512
 DEFAULT_TILES_SUBDIR = "ilots/tiles"
 STRETCH_PERCENTILES = (2.0, 98.0)
 IMPORT_BATCH = 500
+UPLOAD_BATCH = 50
 
 
 @dataclass(frozen=True)
 class Storage:
     """Where tiles are written and how the server reads them."""
 
-    kind: str  # "local-files" | "url"
+    kind: str  # "local-files" | "url" | "upload"
     tiles_dir: Path
     url_prefix: str = ""
     document_root: Path | None = None
@@ -64,6 +69,8 @@ class Storage:
             return (
                 f"/data/local-files/?d={path.resolve().relative_to(self.document_root.resolve()).as_posix()}"
             )
+        if self.kind == "upload":
+            return str(path)  # replaced by the server's URL once uploaded (:func:`_upload_images`)
         return f"{self.url_prefix}{path.name}"
 
 
@@ -96,7 +103,11 @@ def make_storage(
         return Storage(
             kind, Path(tiles_dir), url_prefix=url_prefix if url_prefix.endswith("/") else url_prefix + "/"
         )
-    raise IlotsError(f"unknown storage {kind!r}: use local-files or url.")
+    if kind == "upload":
+        if not tiles_dir:
+            raise IlotsError("upload storage needs --tiles-dir (where PNGs are written before the upload).")
+        return Storage(kind, Path(tiles_dir))
+    raise IlotsError(f"unknown storage {kind!r}: use local-files, url or upload.")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -264,10 +275,10 @@ def publish(
         for task in _ortho_tasks(path, storage, tile_size, bands, existing):
             batch.append(task)
             if len(batch) >= IMPORT_BATCH:
-                created += _import(conn, project_id, batch)
+                created += _import(conn, project_id, batch, storage)
                 batch = []
     if batch:
-        created += _import(conn, project_id, batch)
+        created += _import(conn, project_id, batch, storage)
     log.info("published %d new tile(s) to project %s", created, project_id)
     return {
         "project_id": project_id,
@@ -277,8 +288,10 @@ def publish(
     }
 
 
-def _import(conn: Connection, project_id: int, tasks: list[dict]) -> int:
+def _import(conn: Connection, project_id: int, tasks: list[dict], storage: Storage) -> int:
     """Create the tasks; idempotent: a retry after a lost answer sends only the tiles still missing."""
+    if storage.kind == "upload":
+        _upload_images(conn, project_id, tasks)
     pending = tasks
 
     def missing_only() -> None:
@@ -295,3 +308,32 @@ def _import(conn: Connection, project_id: int, tasks: list[dict]) -> int:
 
     conn.call(send, f"import {len(tasks)} task(s) into project {project_id}", before_retry=missing_only)
     return len(tasks)
+
+
+def _upload_images(conn: Connection, project_id: int, tasks: list[dict]) -> None:
+    """Upload the tasks' PNGs (without creating tasks) and point each task at the server's copy."""
+    for start in range(0, len(tasks), UPLOAD_BATCH):
+        chunk = tasks[start : start + UPLOAD_BATCH]
+        paths = [Path(t["data"]["image"]) for t in chunk]
+        # one form field per file: the server keeps only the last file of a repeated field
+        files = [(f"file{i}", (p.name, p.read_bytes(), "image/png")) for i, p in enumerate(paths)]
+        answer = conn.call(
+            lambda f=files: conn.post(
+                f"/api/projects/{project_id}/import", files=f, params={"commit_to_project": "false"}
+            ),
+            f"upload {len(files)} tile(s) to project {project_id}",
+        )
+        ids = (answer or {}).get("file_upload_ids") or []
+        uploads = conn.call(
+            lambda i=ids: conn.get(f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps(i)}),
+            f"list the tiles uploaded to project {project_id}",
+        )
+        # the server stores "upload/<project>/<random>-<name>"
+        stored = {str(u["file"]).rsplit("/", 1)[-1].split("-", 1)[-1]: str(u["file"]) for u in uploads or []}
+        for task, path in zip(chunk, paths, strict=True):
+            if path.name not in stored:
+                raise IlotsError(
+                    f"the Label Studio server did not keep the upload of {path.name}: check its disk and "
+                    "log, or publish with --storage local-files."
+                )
+            task["data"]["image"] = f"/data/{stored[path.name]}"
