@@ -96,8 +96,8 @@ def bench(server, tmp: Path, n: int, tile: int) -> None:  # type: ignore[no-unty
     mask_mb = rows * tile * cols * tile / 1e6
     print(f"export snapshot: {export.stat().st_size / 1e6:.1f} MB")
     print(f"pull   {n} tasks: {pulled:.2f} s ({n / pulled:.0f} tasks/s), peak {pull_peak / 1e6:.1f} MB")
-    print(f"masks  {n} tasks: {rasterized:.2f} s ({n / rasterized:.0f} tasks/s), peak {masks_peak / 1e6:.1f} MB "
-          f"(of which the orthophoto mask: {mask_mb:.1f} MB)")  # fmt: skip
+    print(f"masks  {n} tasks: {rasterized:.2f} s ({n / rasterized:.0f} tasks/s), "
+          f"peak {masks_peak / 1e6:.1f} MB (of which the orthophoto mask: {mask_mb:.1f} MB)")  # fmt: skip
     print(f"pull + rasterize: {total:.2f} s ({n / total:.0f} tasks/s), tile {tile} px")
 
 
