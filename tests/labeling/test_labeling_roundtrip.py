@@ -339,6 +339,38 @@ def test_prelabel_pushes_visible_predictions_least_sure_first(
     assert next_task["predictions"][0]["model_version"] == "tiny-1"
 
 
+def test_prelabel_finds_the_champion_in_the_project_registry(
+    published: dict, ls_env: Server, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    from ilots.bundle import Segmenter
+    from ilots.pyfunc import log_segmenter
+    from ilots.register import register
+    from ilots.tracking import setup_mlflow
+
+    setup_mlflow("", project, "ilots")
+    with mlflow.start_run():
+        uri = log_segmenter(Segmenter.load(tiny_segmenter(project / "bundle")), project / "logged")
+    register(uri, 0.5, name="ilots-segmenter", alias="champion", min_gain=0.0)
+    # as in a new shell: nothing set (MLflow alone would look in ./mlflow.db)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    summary = run(
+        capsys,
+        "labeling",
+        "prelabel",
+        "--model",
+        "models:/ilots-segmenter@champion",
+        "--project",
+        str(published["init"]["project_id"]),
+        "--orthos",
+        str(published["ortho"].parent),
+    )
+    assert summary["model_version"] == "ilots-segmenter/1" and summary["tasks_predicted"] == 4
+    assert not (Path.cwd() / "mlflow.db").exists()
+
+
 def test_bootstrap_from_vectors_matches_a_direct_rasterization(
     published: dict, ls_env: Server, ls_conn: Connection, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -72,8 +72,12 @@ def cmd_pull(args: argparse.Namespace) -> None:
 
 def cmd_prelabel(args: argparse.Namespace) -> None:
     from ilots.bundle import load_segmenter
+    from ilots.config import project_root, stage_config
     from ilots.labeling.prelabel import prelabel
+    from ilots.tracking import setup_mlflow
 
+    # models:/ URIs resolve in the project's tracking store, as for `ilots predict`
+    setup_mlflow(stage_config(None, []).logger.tracking_uri, project_root())
     segmenter = load_segmenter(args.model)
     with _connect() as conn:
         project_id = _project_id(conn, args)
