@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from label_studio_sdk.converter.brush import mask2rle
 from ls_server import Server
 from PIL import Image
@@ -261,6 +262,31 @@ def test_upload_storage_puts_the_tiles_on_the_server_and_a_drawn_pixel_lands_on_
     )
     with rasterio.open(project / "m" / "lyon-upload.tif") as src:
         assert src.read(1)[src.index(X0 + 64.5 * RES, Y0 - 0.5 * RES)] == 3
+
+
+def test_publish_takes_its_defaults_from_the_labeling_section_of_conf(
+    project: Path, ls_env: Server, ls_conn: Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ortho = project / "orthos" / "lyon-conf.tif"
+    write_ortho16(ortho)
+    conf = project / "conf" / "config.yaml"
+    settings = yaml.safe_load(conf.read_text())
+    settings["labeling"].update(title="from conf", tile_size=32, storage="upload", bands=[4, 1, 2],
+                                tiles_dir=str(project / "tiles"),
+                                config=str(REPO / "labeling" / "config.xml"))  # fmt: skip
+    conf.write_text(yaml.safe_dump(settings, sort_keys=False))
+    project_id = run(capsys, "labeling", "init")["project_id"]
+    summary = run(capsys, "labeling", "publish", str(ortho))
+    assert summary["project_id"] == project_id and summary["tasks_created"] == 9  # 80 x 96 px in 32 px tiles
+    assert sorted(p.name for p in (project / "tiles").iterdir())[0] == "lyon-conf_r00000_c00000.png"
+    # NIR false colour: the red channel of a tile follows the NIR band
+    task = tasks_by_window(ls_conn, project_id)[(0, 0)]
+    png = ls_conn._http.get(
+        ls_env.url + task["data"]["image"], headers={"Authorization": f"Token {ls_env.legacy_token}"}
+    )
+    red = np.asarray(Image.open(io.BytesIO(png.content)))[..., 0].astype(float)
+    nir = write_ortho16(project / "again.tif")[3, :32, :32].astype(float)
+    assert np.corrcoef(red.ravel(), nir.ravel())[0, 1] > 0.95
 
 
 def tiny_segmenter(folder: Path) -> Path:

@@ -1,7 +1,8 @@
 """``ilots labeling ...``: the annotators' loop with a live Label Studio server.
 
 Connection settings come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (a legacy token or
-a personal access token).
+a personal access token). The other defaults come from the ``labeling:`` section of ``conf/`` (project
+title, labeling config, tile size, bands, storage, model to pre-annotate with); options override them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ilots.labeling.connection import Connection, settings_from_env
-from ilots.labeling.project import DEFAULT_CONFIG, DEFAULT_TITLE
 
 
 def _print(summary: Any) -> None:
@@ -24,27 +24,47 @@ def _connect() -> Connection:
     return Connection(url, key)
 
 
+def _settings() -> tuple[Any, Path]:
+    """The ``labeling:`` section of the project's configuration, and the project root."""
+    from ilots.config import project_root, stage_config
+
+    return stage_config(None, []).labeling, project_root()
+
+
+def _option(given: Any, default: Any) -> Any:
+    return given if given is not None else default
+
+
+def _path(root: Path, value: Any) -> Path | None:
+    from ilots.config import resolve_path
+
+    return resolve_path(root, str(value)) if value else None
+
+
 def _project_id(conn: Connection, args: argparse.Namespace) -> int:
     from ilots.labeling.project import resolve_project
 
-    return resolve_project(conn, args.project)
+    settings, _ = _settings()
+    return resolve_project(conn, _option(args.project, settings.title))
 
 
 def cmd_init(args: argparse.Namespace) -> None:
     from ilots.labeling.project import init_project, read_label_config
 
-    config = read_label_config(Path(args.config))
+    settings, root = _settings()
+    config = read_label_config(Path(args.config) if args.config else _path(root, settings.config))
     with _connect() as conn:
-        _print(init_project(conn, args.title, config))
+        _print(init_project(conn, _option(args.title, settings.title), config))
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
     from ilots.labeling.publish import make_storage, parse_bands, publish
 
+    settings, root = _settings()
     storage = make_storage(
-        args.storage,
-        Path(args.tiles_dir) if args.tiles_dir else None,
-        args.url_prefix,
+        _option(args.storage, settings.storage),
+        Path(args.tiles_dir) if args.tiles_dir else _path(root, settings.tiles_dir),
+        _option(args.url_prefix, settings.url_prefix),
         Path(args.document_root) if args.document_root else None,
     )
     with _connect() as conn:
@@ -55,8 +75,8 @@ def cmd_publish(args: argparse.Namespace) -> None:
                 project_id,
                 [Path(p) for p in args.orthos],
                 storage,
-                tile_size=args.tile_size,
-                bands=parse_bands(args.bands),
+                tile_size=int(_option(args.tile_size, settings.tile_size)),
+                bands=parse_bands(_option(args.bands, settings.bands)),
             )
         )
 
@@ -76,13 +96,16 @@ def cmd_prelabel(args: argparse.Namespace) -> None:
     from ilots.labeling.prelabel import prelabel
     from ilots.tracking import setup_mlflow
 
+    cfg, root = stage_config(None, []), project_root()
     # models:/ URIs resolve in the project's tracking store, as for `ilots predict`
-    setup_mlflow(stage_config(None, []).logger.tracking_uri, project_root())
-    segmenter = load_segmenter(args.model)
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    model = _option(args.model, cfg.labeling.prelabel_model)
+    segmenter = load_segmenter(model)
+    orthos = Path(args.orthos) if args.orthos else _path(root, cfg.labeling.orthos)
     with _connect() as conn:
         project_id = _project_id(conn, args)
-        version = args.model_version or model_version(args.model)
-        _print(prelabel(conn, project_id, segmenter, Path(args.orthos), version))
+        version = args.model_version or model_version(model)
+        _print(prelabel(conn, project_id, segmenter, orthos, version))
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:
@@ -115,12 +138,8 @@ def model_version(uri: str) -> str:
     return Path(uri).name or uri
 
 
-def _add_project_option(p: argparse.ArgumentParser, default: str | None = DEFAULT_TITLE) -> None:
-    p.add_argument(
-        "--project",
-        default=default,
-        help=f"project id or title (default: {default!r})" if default else "project id or title",
-    )
+def _add_project_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", default=None, help="project id or title (default: labeling.title)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -133,8 +152,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     commands = labeling.add_subparsers(dest="labeling_command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("init", help="create the project from labeling/config.xml, or update it")
-    p.add_argument("--title", default=DEFAULT_TITLE, help=f"project title (default: {DEFAULT_TITLE})")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="labeling config XML")
+    p.add_argument("--title", default=None, help="project title (default: labeling.title)")
+    p.add_argument("--config", default=None, help="labeling config XML (default: labeling.config)")
     p.set_defaults(func=cmd_init)
 
     p = commands.add_parser(
@@ -142,26 +161,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("orthos", nargs="+", metavar="ORTHO", help="orthophoto GeoTIFF(s)")
     _add_project_option(p)
-    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default: 512)")
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (default: labeling.tile_size)")
     p.add_argument(
         "--bands",
         default=None,
-        help="bands rendered as R,G,B, 1-based (default: the first three; 4,1,2 = NIR false colour)",
+        help="bands rendered as R,G,B, 1-based, e.g. 4,1,2 for NIR false colour (default: labeling.bands)",
     )
     p.add_argument(
         "--storage",
         choices=("local-files", "url", "upload"),
-        default="local-files",
+        default=None,
         help="how the server reads the tiles: from its document root, from URLs, or uploaded to it "
-        "(default: local-files)",
+        "(default: labeling.storage)",
     )
     p.add_argument(
         "--tiles-dir",
         default=None,
-        help="where PNG tiles are written (default: $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT/ilots/tiles)",
+        help="where PNG tiles are written (default: labeling.tiles_dir, else, for local-files, "
+        "$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT/ilots/tiles)",
     )
     p.add_argument("--document-root", default=None, help="the server's local-files document root")
-    p.add_argument("--url-prefix", default=None, help="url storage: URL of --tiles-dir as the server sees it")
+    p.add_argument("--url-prefix", help="URL of --tiles-dir as the server sees it (labeling.url_prefix)")
     p.set_defaults(func=cmd_publish)
 
     p = commands.add_parser(
@@ -176,9 +196,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "prelabel", help="push model predictions on unannotated tasks as pre-annotations, least sure first"
     )
-    p.add_argument("--model", default="models:/ilots-segmenter@champion", help="model URI or bundle folder")
+    p.add_argument("--model", help="model URI or bundle folder (default: labeling.prelabel_model)")
     _add_project_option(p)
-    p.add_argument("--orthos", default="data/orthos", help="folder of the source orthophotos")
+    p.add_argument("--orthos", help="folder of the source orthophotos (default: labeling.orthos)")
     p.add_argument("--model-version", default=None, help="version shown in Label Studio (default: --model)")
     p.set_defaults(func=cmd_prelabel)
 
