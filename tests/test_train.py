@@ -178,3 +178,19 @@ def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path
         assert out.returncode == 0, out.stderr[-3000:]
         scores[name] = json.loads(out.stdout[out.stdout.index("{") :])["val_miou"]
     assert scores["ddp"] > scores["single"] - 0.1, scores
+
+
+def test_a_batch_with_no_annotated_pixel_gives_a_zero_loss_not_nan() -> None:
+    from functools import partial
+
+    from ilots.losses import CrossEntropyLoss
+    from ilots.module import SegmentationModule
+
+    net = torch.nn.Conv2d(4, 4, kernel_size=1)
+    classes = ["background", "tree", "water", "roof"]
+    optimizer = partial(torch.optim.SGD, lr=0.1)
+    module = SegmentationModule(net=net, loss=CrossEntropyLoss(), optimizer=optimizer, classes=classes)
+    batch = {"image": torch.randn(2, 4, 8, 8), "mask": torch.full((2, 8, 8), 255)}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert float(loss) == 0.0 and torch.isfinite(net.weight.grad).all()

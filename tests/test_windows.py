@@ -54,7 +54,7 @@ def test_windows_are_pixel_exact_on_the_grid_and_inside_train_blocks(city: Path)
         assert image.shape == (4, 48, 48) and mask.shape == (48, 48)
         k = int(image[2, 0, 0]) // 10  # which orthophoto
         col = round((xs.start - X0) / RES) - 256 * k
-        row = round((Y0 - ys.stop) / RES)
+        row = round((Y0 - ys.start) / RES) - 48  # from the bottom edge (torchgeo's box is a pixel short)
         rows, cols = np.mgrid[row : row + 48, col : col + 48]
         np.testing.assert_array_equal(image[0], rows)
         np.testing.assert_array_equal(image[1], cols)
@@ -69,6 +69,44 @@ def test_windows_are_pixel_exact_on_the_grid_and_inside_train_blocks(city: Path)
         assert inside, f"window at row {row}, col {col} of o{k} leaves the train blocks"
         seen_blocks.update(inside)
     assert len(seen_blocks) == len(train_blocks)  # every train block gets windows
+
+
+def test_a_window_as_large_as_the_blocks_covers_each_block_exactly(city: Path) -> None:
+    dm = module(city, size=128, length=30)
+    dataset = dm.dataset("train")
+    blocks = {(b["ortho"], b["row_off"], b["col_off"]) for b in dm.blocks}
+    std, mean = np.asarray(dm.stats["std"])[:, None, None], np.asarray(dm.stats["mean"])[:, None, None]
+    seen = set()
+    for key in dm.sampler(dataset):
+        image = np.rint(dataset[key]["image"].numpy() * std + mean).astype(int)
+        seen.add((f"o{image[2, 0, 0] // 10}.tif", image[0, 0, 0], image[1, 0, 0]))  # ortho, row, col
+    assert seen == blocks
+
+
+def test_the_flush_last_position_is_drawn_too(city: Path) -> None:
+    dm = module(city, size=120, length=400)  # 9 positions per axis in a 128 px block
+    columns = set()
+    for _, _, block, (xs, _, _) in dm.sampler(None):  # type: ignore[arg-type]
+        b = dm.blocks[block]
+        columns.add(round((xs.start - X0) / RES) % 256 - b["col_off"])
+    assert columns == set(range(9))
+
+
+def test_a_raster_that_is_not_north_up_is_refused(city: Path, tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.transform import Affine
+
+    orthos = tmp_path / "orthos"
+    for k in range(2):
+        src = city / "orthos" / f"o{k}.tif"
+        with rasterio.open(src) as r:
+            profile, image = r.profile, r.read()
+        orthos.mkdir(exist_ok=True)
+        profile["transform"] = Affine(RES, 0, X0 + k * 256 * RES, 0, RES, Y0 - 256 * RES)  # south-up
+        with rasterio.open(orthos / src.name, "w", **profile) as dst:
+            dst.write(image)
+    with pytest.raises(IlotsError, match=r"o0\.tif is not north-up"):
+        WindowDataModule(str(city / "tiles"), str(orthos), str(city / "masks"))
 
 
 def test_sampling_is_seeded_by_seed_and_epoch(city: Path) -> None:

@@ -39,7 +39,12 @@ class SegmentationModule(L.LightningModule):
         return self.net(image)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
+        logits = self(batch["image"])
+        if not (batch["mask"] != self.ignore_index).any():
+            # nothing annotated in the whole batch (possible with random windows): the mean over no
+            # pixel is NaN and would ruin the weights; a zero loss keeps every DDP rank in step
+            return logits.sum() * 0.0
+        loss = self.loss(logits, batch["mask"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
         return loss
 

@@ -103,9 +103,10 @@ class WindowDataset(AugmentedDataset):
         epoch, i, block, (xs, ys, _) = key
         ortho_path, mask_path = self.sources[block]
         with rasterio.open(ortho_path) as ortho, rasterio.open(mask_path) as labels:
-            # the sampler snaps windows to the grid: round away the floating-point noise
-            col, row = ~ortho.transform * (xs.start, ys.stop)
-            window = Window(round(col), round(row), self.size, self.size)
+            # the window's bottom-left corner, on the grid up to floating-point noise (the sampler's
+            # own box is a pixel short: see WindowDataModule._train_pair)
+            col, bottom = ~ortho.transform * (xs.start, ys.start)
+            window = Window(round(col), round(bottom) - self.size, self.size, self.size)
             image = ortho.read(window=window)
             mask = labels.read(1, window=window)
             if ortho.nodata is not None:  # as the tiles stage does
@@ -164,6 +165,12 @@ class WindowDataModule(ChipDataModule):
                 )
         for path in self.orthos:
             with open_georaster(path) as src:
+                t = src.transform
+                if t.b != 0 or t.d != 0 or t.e >= 0:
+                    raise IlotsError(
+                        f"orthophoto {path} is not north-up (its transform is rotated or flipped): "
+                        "data=windows needs north-up rasters; warp it (gdalwarp) or use data=chips."
+                    )
                 if src.count != self.in_channels:
                     raise IlotsError(
                         f"orthophoto {path} has {src.count} bands but the tiles were cut with "
@@ -183,7 +190,11 @@ class WindowDataModule(ChipDataModule):
                 with rasterio.open(ortho) as src:
                     window = Window(block["col_off"], block["row_off"], block["width"], block["height"])
                     roi = shapely.box(*bounds(window, src.transform))
-                samplers.append(RandomGeoSampler(indexes[ortho.name], self.size, length=1, roi=roi))
+                # torchgeo draws the offset as int(rand * (block - box)) pixels and drops a block narrower
+                # than the box: a box one pixel (less a hair) short of the window makes every
+                # position, the last included, equally likely, and keeps blocks the window's size
+                box = self.size - 1 + 1e-3
+                samplers.append(RandomGeoSampler(indexes[ortho.name], box, length=1, roi=roi))
                 sources.append((ortho, self.masks_dir / f"{ortho.stem}.tif"))
             dataset = WindowDataset(
                 sources,
@@ -194,7 +205,10 @@ class WindowDataModule(ChipDataModule):
                 self.augment,
                 self.seed,
             )
-            weights = [max(float(b.get("annotated", 1.0)), 1e-6) for b in self.blocks]
+            # in proportion to the annotated pixels of each block
+            weights = [
+                max(float(b.get("annotated", 1.0)) * b["height"] * b["width"], 1e-6) for b in self.blocks
+            ]
             self._train = (dataset, WindowSampler(samplers, weights, self.length, self.seed))
         return self._train
 
