@@ -265,6 +265,13 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
                 line = json.dumps(canonical_task(task), sort_keys=True, ensure_ascii=False).encode("utf-8")
                 offsets[int(task["id"])] = (spool.tell(), len(line))  # a task seen twice: the latest
                 spool.write(line)
+            now = conn.call(lambda: conn.get(f"/api/projects/{project_id}/"), f"read project {project_id}")
+            total = now.get("task_number") if isinstance(now, dict) else None
+            if isinstance(total, int) and total != len(offsets):
+                raise IlotsError(
+                    f"Label Studio project {project_id} changed while it was pulled ({len(offsets)} tasks "
+                    f"read, {total} there now): pull again."
+                )
             if not offsets:
                 raise IlotsError(
                     f"Label Studio project {project_id} at {url} has no task: publish tiles first "

@@ -223,14 +223,14 @@ def test_personal_access_token_works_like_the_legacy_token(
         f"labels.orthos={published['ortho'].parent}",
         f"labels.out={project / 'm'}",
     ]
-    summary = run(capsys, "labeling", "pull", "--project", str(project_id), *overrides)
+    summary = run(capsys, "labeling", "pull", "--project", published["title"], *overrides)  # a title
     assert summary["pixels"]["water"] == 16 * 64
 
 
 def test_upload_storage_puts_the_tiles_on_the_server_and_a_drawn_pixel_lands_on_the_ground(
     project: Path, ls_env: Server, ls_conn: Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ortho = project / "orthos" / "lyon-upload.tif"
+    ortho = project / "orthos" / "lyon upload.tif"  # the server renames its tiles (lyon_upload_...)
     write_ortho16(ortho, seed=3)
     config = str(REPO / "labeling" / "config.xml")
     project_id = run(capsys, "labeling", "init", "--title", "upload", "--config", config)["project_id"]
@@ -245,7 +245,7 @@ def test_upload_storage_puts_the_tiles_on_the_server_and_a_drawn_pixel_lands_on_
             ls_env.url + image, headers={"Authorization": f"Token {ls_env.legacy_token}"}
         )
         assert served.status_code == 200
-        local = project / "tiles" / f"lyon-upload_r{row:05d}_c{col:05d}.png"
+        local = project / "tiles" / f"lyon upload_r{row:05d}_c{col:05d}.png"
         np.testing.assert_array_equal(
             np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(Image.open(local))
         )
@@ -260,7 +260,7 @@ def test_upload_storage_puts_the_tiles_on_the_server_and_a_drawn_pixel_lands_on_
     assert (
         run(capsys, "labeling", "pull", "--project", str(project_id), *overrides)["pixels"]["roof"] == 64 * 32
     )
-    with rasterio.open(project / "m" / "lyon-upload.tif") as src:
+    with rasterio.open(project / "m" / "lyon upload.tif") as src:
         assert src.read(1)[src.index(X0 + 64.5 * RES, Y0 - 0.5 * RES)] == 3
 
 

@@ -24,11 +24,34 @@ def _connect() -> Connection:
     return Connection(url, key)
 
 
-def _settings() -> tuple[Any, Path]:
-    """The ``labeling:`` section of the project's configuration, and the project root."""
-    from ilots.config import project_root, stage_config
+# Used where the project's conf/ has no labeling: section (or when run outside a project).
+DEFAULTS = {
+    "title": "ilots",
+    "config": "labeling/config.xml",
+    "tile_size": 512,
+    "bands": None,
+    "storage": "local-files",
+    "tiles_dir": None,
+    "url_prefix": None,
+    "prelabel_model": "models:/ilots-segmenter@champion",
+    "orthos": "data/orthos",
+}
 
-    return stage_config(None, []).labeling, project_root()
+
+def _settings() -> tuple[Any, Path]:
+    """The ``labeling:`` section of the project's configuration over :data:`DEFAULTS`, and the
+    project root (the current folder outside a project)."""
+    from omegaconf import OmegaConf
+
+    from ilots.config import project_root, stage_config
+    from ilots.errors import IlotsError
+
+    try:
+        root = project_root()
+    except IlotsError:
+        return OmegaConf.create(DEFAULTS), Path.cwd()
+    section = stage_config(None, []).get("labeling") or {}
+    return OmegaConf.merge(OmegaConf.create(DEFAULTS), section), root
 
 
 def _option(given: Any, default: Any) -> Any:
@@ -86,22 +109,24 @@ def cmd_pull(args: argparse.Namespace) -> None:
 
     settings_from_env()  # the labels stage pulls only when both are set: here they are required
     if args.project is not None:
-        args.overrides = [*args.overrides, f"labels.project_id={int(args.project)}"]
+        with _connect() as conn:
+            project_id = _project_id(conn, args)  # an id, or a title looked up on the server
+        args.overrides = [*args.overrides, f"labels.project_id={project_id}"]
     cmd_labels(args)
 
 
 def cmd_prelabel(args: argparse.Namespace) -> None:
     from ilots.bundle import load_segmenter
-    from ilots.config import project_root, stage_config
+    from ilots.config import stage_config
     from ilots.labeling.prelabel import prelabel
     from ilots.tracking import setup_mlflow
 
-    cfg, root = stage_config(None, []), project_root()
+    settings, root = _settings()
     # models:/ URIs resolve in the project's tracking store, as for `ilots predict`
-    setup_mlflow(cfg.logger.tracking_uri, root)
-    model = _option(args.model, cfg.labeling.prelabel_model)
+    setup_mlflow(stage_config(None, []).logger.tracking_uri if (root / "conf").is_dir() else "", root)
+    model = _option(args.model, settings.prelabel_model)
     segmenter = load_segmenter(model)
-    orthos = Path(args.orthos) if args.orthos else _path(root, cfg.labeling.orthos)
+    orthos = Path(args.orthos) if args.orthos else _path(root, settings.orthos)
     with _connect() as conn:
         project_id = _project_id(conn, args)
         version = args.model_version or model_version(model)
@@ -189,7 +214,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="export the annotations (snapshot for dvc) and write georeferenced masks (= ilots labels)",
     )
     p.add_argument("--params", metavar="FILE", help="read the composed config from FILE (params.yaml)")
-    p.add_argument("--project", default=None, help="project id (default: labels.project_id)")
+    p.add_argument("--project", default=None, help="project id or title (default: labels.project_id)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (Hydra syntax)")
     p.set_defaults(func=cmd_pull)
 

@@ -193,6 +193,20 @@ class Connection:
         return _json_or_none(answer)
 
 
+def settled(look: Callable[[], T], pause_s: float = 2.0, tries: int = 10) -> T:
+    """What the server holds once it stopped changing: ``look()`` until two answers ``pause_s``
+    apart agree. A write whose answer was lost may still be committing when its retry checks what
+    is missing; checking too early would send it twice."""
+    before = look()
+    for _ in range(tries):
+        time.sleep(pause_s)
+        now = look()
+        if now == before:
+            return now
+        before = now
+    return before
+
+
 class _HTTPStatus(Exception):
     """A non-2xx answer to a raw request (shaped like the SDK's ApiError)."""
 

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from ilots.errors import IlotsError
 from ilots.io import data_bands, open_georaster
-from ilots.labeling.connection import Connection
+from ilots.labeling.connection import Connection, settled
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,9 @@ def _push(conn: Connection, project_id: int, predictions: list[dict]) -> None:
 
     def missing_only() -> None:
         nonlocal pending
-        pending = [p for p in pending if not _has_prediction(conn, p["task"], p["model_version"])]
+        pending = settled(
+            lambda: [p for p in pending if not _has_prediction(conn, p["task"], p["model_version"])]
+        )
         log.info("push retry: %d of %d prediction(s) still missing", len(pending), len(predictions))
 
     def send() -> None:

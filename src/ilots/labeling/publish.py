@@ -42,7 +42,7 @@ from rasterio.windows import transform as window_transform
 
 from ilots.errors import IlotsError
 from ilots.io import atomic_path, data_bands, open_georaster, valid_mask
-from ilots.labeling.connection import Connection
+from ilots.labeling.connection import Connection, settled
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,20 @@ def make_storage(
 # --------------------------------------------------------------------------- rendering
 
 
-def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
-    """``"4,1,2"`` -> ``[4, 1, 2]`` (1-based band indexes); None keeps the first three bands."""
+def parse_bands(text: str | int | Sequence[int] | None) -> list[int] | None:
+    """``"4,1,2"`` or ``[4, 1, 2]`` -> ``[4, 1, 2]`` (1-based band indexes; one band for grey);
+    None keeps the first three bands."""
     if text is None or text == "":
         return None
-    values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    try:
+        if isinstance(text, int):
+            values = [text]
+        elif isinstance(text, str):
+            values = [int(v) for v in text.split(",")]
+        else:
+            values = [int(v) for v in text]
+    except (TypeError, ValueError):
+        values = []
     if len(values) not in (1, 3) or min(values) < 1:
         raise IlotsError(f"--bands {text!r} must be 1 or 3 band numbers (1-based), e.g. 1,2,3 or 4,1,2.")
     return values
@@ -296,7 +305,7 @@ def _import(conn: Connection, project_id: int, tasks: list[dict], storage: Stora
 
     def missing_only() -> None:
         nonlocal pending
-        present = published_tiles(conn, project_id)
+        present = settled(lambda: published_tiles(conn, project_id))
         pending = [t for t in pending if _tile_key(t["data"]) not in present]
         log.info("import retry: %d of %d task(s) still missing", len(pending), len(tasks))
 
@@ -328,12 +337,13 @@ def _upload_images(conn: Connection, project_id: int, tasks: list[dict]) -> None
             lambda i=ids: conn.get(f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps(i)}),
             f"list the tiles uploaded to project {project_id}",
         )
-        # the server stores "upload/<project>/<random>-<name>"
-        stored = {str(u["file"]).rsplit("/", 1)[-1].split("-", 1)[-1]: str(u["file"]) for u in uploads or []}
-        for task, path in zip(chunk, paths, strict=True):
-            if path.name not in stored:
-                raise IlotsError(
-                    f"the Label Studio server did not keep the upload of {path.name}: check its disk and "
-                    "log, or publish with --storage local-files."
-                )
-            task["data"]["image"] = f"/data/{stored[path.name]}"
+        # ids come back in the order of the form fields; the server may rename the files (it
+        # sanitizes and shortens names), so match by id, not by name
+        stored = {u["id"]: str(u["file"]) for u in uploads or [] if isinstance(u, dict) and "id" in u}
+        if len(ids) != len(paths) or any(i not in stored for i in ids):
+            raise IlotsError(
+                f"the Label Studio server kept {len(ids)} of {len(paths)} uploaded tiles of project "
+                f"{project_id}: check its disk and log, or publish with --storage local-files."
+            )
+        for task, upload_id in zip(chunk, ids, strict=True):
+            task["data"]["image"] = f"/data/{stored[upload_id]}"
