@@ -109,6 +109,16 @@ def test_a_raster_that_is_not_north_up_is_refused(city: Path, tmp_path: Path) ->
         WindowDataModule(str(city / "tiles"), str(orthos), str(city / "masks"))
 
 
+def test_windows_too_little_annotated_are_drawn_again(city: Path) -> None:
+    def shares(min_annotated: float) -> list[float]:
+        dm = module(city, size=48, length=200, min_annotated=min_annotated)
+        dataset = dm.dataset("train")
+        return [float((dataset[key]["mask"] != 255).float().mean()) for key in dm.sampler(dataset)]
+
+    assert min(shares(0.0)) < 0.9  # some windows overlap the unannotated strip...
+    assert min(shares(0.9)) >= 0.9  # ...none once 90 % must be annotated
+
+
 def test_sampling_is_seeded_by_seed_and_epoch(city: Path) -> None:
     a = module(city, size=32, length=12, seed=1).sampler(None)  # type: ignore[arg-type]
     b = module(city, size=32, length=12, seed=1).sampler(None)  # type: ignore[arg-type]

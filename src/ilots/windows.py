@@ -15,7 +15,7 @@ a run resumed from a checkpoint draws the windows the uninterrupted run drew.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,29 @@ def _sampling_index(path: Path) -> Any:
         return Ortho([str(path)], crs=src.crs, res=src.res)
 
 
+DRAWS = 20  # tries per window to meet data.min_annotated
+
+
+def window_of(transform: Any, x_start: float, y_start: float, size: int) -> Window:
+    """The ``size`` px window whose bottom-left corner is (x_start, y_start), on the grid up to
+    floating-point noise (the sampler's own box is a pixel short: see WindowDataModule._train_pair)."""
+    col, bottom = ~transform * (x_start, y_start)
+    return Window(round(col), round(bottom) - size, size, size)
+
+
+class AnnotatedShare:
+    """Accepts a window when at least ``minimum`` of its pixels are annotated (as chips are kept)."""
+
+    def __init__(self, masks: Sequence[Path], size: int, minimum: float) -> None:
+        self.masks, self.size, self.minimum = list(masks), size, minimum
+
+    def __call__(self, block: int, query: Any) -> bool:
+        xs, ys, _ = query
+        with rasterio.open(self.masks[block]) as labels:
+            mask = labels.read(1, window=window_of(labels.transform, xs.start, ys.start, self.size))
+        return float((mask != 255).mean()) >= self.minimum
+
+
 class WindowSampler(Sampler[WindowKey]):
     """``length`` random windows per epoch inside the train blocks, seeded by ``(seed, epoch)``.
 
@@ -53,10 +76,18 @@ class WindowSampler(Sampler[WindowKey]):
     ``(epoch, index, block, query)`` so the dataset can read the window and seed its augmentation.
     """
 
-    def __init__(self, samplers: Sequence[Any], weights: Sequence[float], length: int, seed: int) -> None:
+    def __init__(
+        self,
+        samplers: Sequence[Any],
+        weights: Sequence[float],
+        length: int,
+        seed: int,
+        accept: Callable[[int, Any], bool] | None = None,
+    ) -> None:
         self.samplers = samplers
         self.weights = torch.tensor(weights, dtype=torch.float64)
         self.length, self.seed, self.epoch = length, seed, 0
+        self.accept = accept
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,7 +107,11 @@ class WindowSampler(Sampler[WindowKey]):
             for i, block in enumerate(picks.tolist()):
                 sampler = self.samplers[block]
                 sampler.generator = generator
-                keys.append((self.epoch, i, block, next(iter(sampler))))
+                for _ in range(DRAWS):  # draw again a window too little annotated (then keep the last)
+                    query = next(iter(sampler))
+                    if self.accept is None or self.accept(block, query):
+                        break
+                keys.append((self.epoch, i, block, query))
         return iter(keys)
 
 
@@ -103,10 +138,7 @@ class WindowDataset(AugmentedDataset):
         epoch, i, block, (xs, ys, _) = key
         ortho_path, mask_path = self.sources[block]
         with rasterio.open(ortho_path) as ortho, rasterio.open(mask_path) as labels:
-            # the window's bottom-left corner, on the grid up to floating-point noise (the sampler's
-            # own box is a pixel short: see WindowDataModule._train_pair)
-            col, bottom = ~ortho.transform * (xs.start, ys.start)
-            window = Window(round(col), round(bottom) - self.size, self.size, self.size)
+            window = window_of(ortho.transform, xs.start, ys.start, self.size)
             image = ortho.read(window=window)
             mask = labels.read(1, window=window)
             if ortho.nodata is not None:  # as the tiles stage does
@@ -123,6 +155,8 @@ class WindowDataModule(ChipDataModule):
         masks: the labels stage's mask folder (one ``<ortho stem>.tif`` per orthophoto).
         size: window side in pixels (``null``: the chip size).
         length: windows per epoch (``null``: as many as there are train chips).
+        min_annotated: a window is drawn again (up to 20 times) while less than this share of its
+            pixels is annotated, as the tiles stage drops such chips.
     """
 
     def __init__(
@@ -132,6 +166,7 @@ class WindowDataModule(ChipDataModule):
         masks: str,
         size: int | None = None,
         length: int | None = None,
+        min_annotated: float = 0.0,
         batch_size: int = 8,
         num_workers: int = 0,
         augment: Mapping[str, float] | None = None,
@@ -154,6 +189,7 @@ class WindowDataModule(ChipDataModule):
             )
         self.tile_size = self.size  # the window the network is trained on, for the model's metadata
         self.length = int(length or len(self.chips("train")))
+        self.min_annotated = float(min_annotated)
         self.orthos_dir, self.masks_dir = Path(orthos), Path(masks)
         self.orthos = [self.orthos_dir / name for name in sorted({b["ortho"] for b in self.blocks})]
         self.masks = [self.masks_dir / f"{p.stem}.tif" for p in self.orthos]
@@ -209,7 +245,12 @@ class WindowDataModule(ChipDataModule):
             weights = [
                 max(float(b.get("annotated", 1.0)) * b["height"] * b["width"], 1e-6) for b in self.blocks
             ]
-            self._train = (dataset, WindowSampler(samplers, weights, self.length, self.seed))
+            accept = (
+                AnnotatedShare([mask for _, mask in sources], self.size, self.min_annotated)
+                if self.min_annotated > 0
+                else None
+            )
+            self._train = (dataset, WindowSampler(samplers, weights, self.length, self.seed, accept))
         return self._train
 
     def dataset(self, split: str, augment: bool = False) -> AugmentedDataset:
