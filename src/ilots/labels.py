@@ -230,8 +230,8 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
     bounded however large the project. The snapshot is canonical (:func:`canonical_task`, tasks in
     id order): its bytes, which ``dvc repro`` hashes, change only when the annotations do. ``dest``
     is replaced atomically, only when every page came and only when its content changed. Failures
-    are retried with backoff (:class:`~ilots.labeling.connection.Connection`); the API key never
-    appears in an error message.
+    are retried with backoff, and the API key never appears in an error message (both by
+    :class:`~ilots.labeling.connection.Connection`, which every call goes through).
 
     Args:
         url: Base URL of the server, e.g. ``http://localhost:8080``.
@@ -290,8 +290,6 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
                     raise _Unchanged
     except _Unchanged:
         pass  # same annotations: the snapshot (and its mtime) stay as they were
-    except IlotsError as exc:
-        raise IlotsError(_redact(str(exc), api_key)) from None
     return dest
 
 
@@ -749,11 +747,3 @@ def _fill(points: list[tuple[float, float]], height: int, width: int) -> np.ndar
         dtype=np.uint8,
     )
     return burned.astype(bool)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _redact(message: str, secret: str) -> str:
-    """Remove a secret from a message, whatever produced it."""
-    return message.replace(secret, "***") if secret else message
