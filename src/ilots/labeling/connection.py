@@ -173,6 +173,30 @@ class Connection:
                 return
             page += 1
 
+    def post_missing(
+        self,
+        path: str,
+        items: list[dict],
+        what: str,
+        missing: Callable[[list[dict]], list[dict]],
+        **kwargs: Any,
+    ) -> None:
+        """POST ``items`` (a JSON list) idempotently: a retry after a lost answer first asks
+        ``missing(items)`` which of them the server still lacks, once its view has :func:`settled`,
+        and sends only those."""
+        pending = items
+
+        def missing_only() -> None:
+            nonlocal pending
+            pending = settled(lambda: missing(pending))
+            log.info("retrying to %s: %d of %d item(s) still missing", what, len(pending), len(items))
+
+        def send() -> None:
+            if pending:
+                self.post(path, json=pending, **kwargs)
+
+        self.call(send, what, before_retry=missing_only)
+
     def get(self, path: str, **kwargs: Any) -> Any:
         """A raw authenticated GET (JSON answer); 404 on a page past the end gives None."""
         return self._request("GET", path, **kwargs)

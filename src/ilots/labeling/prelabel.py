@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from ilots.errors import IlotsError
 from ilots.io import data_bands, open_georaster
-from ilots.labeling.connection import Connection, settled
+from ilots.labeling.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -208,21 +208,11 @@ def push_in_batches(conn: Connection, project_id: int, predictions: Iterable[dic
 
 def _push(conn: Connection, project_id: int, predictions: list[dict]) -> None:
     """Push predictions; idempotent: a retry after a lost answer skips the tasks that got theirs."""
-    pending = predictions
-
-    def missing_only() -> None:
-        nonlocal pending
-        pending = settled(
-            lambda: [p for p in pending if not _has_prediction(conn, p["task"], p["model_version"])]
-        )
-        log.info("push retry: %d of %d prediction(s) still missing", len(pending), len(predictions))
-
-    def send() -> None:
-        if pending:
-            conn.post(f"/api/projects/{project_id}/import/predictions", json=pending)
-
-    conn.call(
-        send, f"push {len(predictions)} prediction(s) to project {project_id}", before_retry=missing_only
+    conn.post_missing(
+        f"/api/projects/{project_id}/import/predictions",
+        predictions,
+        f"push {len(predictions)} prediction(s) to project {project_id}",
+        lambda pending: [p for p in pending if not _has_prediction(conn, p["task"], p["model_version"])],
     )
 
 

@@ -42,7 +42,7 @@ from rasterio.windows import transform as window_transform
 
 from ilots.errors import IlotsError
 from ilots.io import atomic_path, data_bands, open_georaster, valid_mask
-from ilots.labeling.connection import Connection, settled
+from ilots.labeling.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -301,21 +301,18 @@ def _import(conn: Connection, project_id: int, tasks: list[dict], storage: Stora
     """Create the tasks; idempotent: a retry after a lost answer sends only the tiles still missing."""
     if storage.kind == "upload":
         _upload_images(conn, project_id, tasks)
-    pending = tasks
 
-    def missing_only() -> None:
-        nonlocal pending
-        present = settled(lambda: published_tiles(conn, project_id))
-        pending = [t for t in pending if _tile_key(t["data"]) not in present]
-        log.info("import retry: %d of %d task(s) still missing", len(pending), len(tasks))
+    def missing(pending: list[dict]) -> list[dict]:
+        present = published_tiles(conn, project_id)
+        return [t for t in pending if _tile_key(t["data"]) not in present]
 
-    def send() -> None:
-        if pending:
-            conn.post(
-                f"/api/projects/{project_id}/import", json=pending, params={"commit_to_project": "true"}
-            )
-
-    conn.call(send, f"import {len(tasks)} task(s) into project {project_id}", before_retry=missing_only)
+    conn.post_missing(
+        f"/api/projects/{project_id}/import",
+        tasks,
+        f"import {len(tasks)} task(s) into project {project_id}",
+        missing,
+        params={"commit_to_project": "true"},
+    )
     return len(tasks)
 
 
