@@ -34,15 +34,14 @@ from ilots.io import open_georaster, read_json
 WindowKey = tuple[int, int, int, tuple[slice, slice, slice]]
 
 
-def _sampling_index(path: Path) -> Any:
+def _sampling_index(path: Path, crs: Any, res: tuple[float, float]) -> Any:
     """A torchgeo ``RasterDataset`` over one orthophoto in its own CRS and grid (what the samplers index)."""
     from torchgeo.datasets import RasterDataset
 
     class Ortho(RasterDataset):  # type: ignore[misc]
         filename_glob = "*"
 
-    with rasterio.open(path) as src:
-        return Ortho([str(path)], crs=src.crs, res=src.res)
+    return Ortho([str(path)], crs=crs, res=res)
 
 
 DRAWS = 20  # tries per window to meet data.min_annotated
@@ -199,8 +198,10 @@ class WindowDataModule(ChipDataModule):
                     f"{path} is missing: data=windows reads the orthophotos and masks the tiles were "
                     "cut from (data.orthos, data.masks)."
                 )
+        self.grids: dict[Path, tuple[Any, tuple[float, float], Any]] = {}  # ortho -> crs, res, transform
         for path in self.orthos:
             with open_georaster(path) as src:
+                self.grids[path] = (src.crs, src.res, src.transform)
                 t = src.transform
                 if t.b != 0 or t.d != 0 or t.e >= 0:
                     raise IlotsError(
@@ -219,19 +220,19 @@ class WindowDataModule(ChipDataModule):
         if self._train is None:
             from torchgeo.samplers import RandomGeoSampler
 
-            indexes = {p.name: _sampling_index(p) for p in self.orthos}
+            indexes = {p: _sampling_index(p, crs, res) for p, (crs, res, _) in self.grids.items()}
+            mask_of = dict(zip(self.orthos, self.masks, strict=True))
             samplers, sources = [], []
             for block in self.blocks:
                 ortho = self.orthos_dir / block["ortho"]
-                with rasterio.open(ortho) as src:
-                    window = Window(block["col_off"], block["row_off"], block["width"], block["height"])
-                    roi = shapely.box(*bounds(window, src.transform))
+                window = Window(block["col_off"], block["row_off"], block["width"], block["height"])
+                roi = shapely.box(*bounds(window, self.grids[ortho][2]))
                 # torchgeo draws the offset as int(rand * (block - box)) pixels and drops a block narrower
                 # than the box: a box one pixel (less a hair) short of the window makes every
                 # position, the last included, equally likely, and keeps blocks the window's size
                 box = self.size - 1 + 1e-3
-                samplers.append(RandomGeoSampler(indexes[ortho.name], box, length=1, roi=roi))
-                sources.append((ortho, self.masks_dir / f"{ortho.stem}.tif"))
+                samplers.append(RandomGeoSampler(indexes[ortho], box, length=1, roi=roi))
+                sources.append((ortho, mask_of[ortho]))
             dataset = WindowDataset(
                 sources,
                 self.size,
