@@ -38,9 +38,9 @@ DEFAULTS = {
 }
 
 
-def _settings() -> tuple[Any, Path]:
-    """The ``labeling:`` section of the project's configuration over :data:`DEFAULTS`, and the
-    project root (the current folder outside a project)."""
+def _settings() -> tuple[Any, Path, str]:
+    """The ``labeling:`` section of the project's configuration over :data:`DEFAULTS`, the project
+    root (the current folder outside a project) and the configured MLflow tracking URI."""
     from omegaconf import OmegaConf
 
     from ilots.config import project_root, stage_config
@@ -49,9 +49,10 @@ def _settings() -> tuple[Any, Path]:
     try:
         root = project_root()
     except IlotsError:
-        return OmegaConf.create(DEFAULTS), Path.cwd()
-    section = stage_config(None, []).get("labeling") or {}
-    return OmegaConf.merge(OmegaConf.create(DEFAULTS), section), root
+        return OmegaConf.create(DEFAULTS), Path.cwd(), ""
+    cfg = stage_config(None, [])
+    settings = OmegaConf.merge(OmegaConf.create(DEFAULTS), cfg.get("labeling") or {})
+    return settings, root, str(cfg.get("logger", {}).get("tracking_uri") or "")
 
 
 def _option(given: Any, default: Any) -> Any:
@@ -64,17 +65,17 @@ def _path(root: Path, value: Any) -> Path | None:
     return resolve_path(root, str(value)) if value else None
 
 
-def _project_id(conn: Connection, args: argparse.Namespace) -> int:
+def _project_id(conn: Connection, args: argparse.Namespace, settings: Any) -> int:
+    """The project of ``--project`` (an id, or a title looked up on the server), else labeling.title's."""
     from ilots.labeling.project import resolve_project
 
-    settings, _ = _settings()
     return resolve_project(conn, _option(args.project, settings.title))
 
 
 def cmd_init(args: argparse.Namespace) -> None:
     from ilots.labeling.project import init_project, read_label_config
 
-    settings, root = _settings()
+    settings, root, _ = _settings()
     config = read_label_config(Path(args.config) if args.config else _path(root, settings.config))
     with _connect() as conn:
         _print(init_project(conn, _option(args.title, settings.title), config))
@@ -83,7 +84,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_publish(args: argparse.Namespace) -> None:
     from ilots.labeling.publish import make_storage, parse_bands, publish
 
-    settings, root = _settings()
+    settings, root, _ = _settings()
     storage = make_storage(
         _option(args.storage, settings.storage),
         Path(args.tiles_dir) if args.tiles_dir else _path(root, settings.tiles_dir),
@@ -91,7 +92,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
         Path(args.document_root) if args.document_root else None,
     )
     with _connect() as conn:
-        project_id = _project_id(conn, args)
+        project_id = _project_id(conn, args, settings)
         _print(
             publish(
                 conn,
@@ -109,26 +110,27 @@ def cmd_pull(args: argparse.Namespace) -> None:
 
     settings_from_env()  # the labels stage pulls only when both are set: here they are required
     if args.project is not None:
+        from ilots.labeling.project import resolve_project
+
         with _connect() as conn:
-            project_id = _project_id(conn, args)  # an id, or a title looked up on the server
+            project_id = resolve_project(conn, args.project)  # an id, or a title looked up on the server
         args.overrides = [*args.overrides, f"labels.project_id={project_id}"]
     cmd_labels(args)
 
 
 def cmd_prelabel(args: argparse.Namespace) -> None:
     from ilots.bundle import load_segmenter
-    from ilots.config import stage_config
     from ilots.labeling.prelabel import prelabel
     from ilots.tracking import setup_mlflow
 
-    settings, root = _settings()
+    settings, root, tracking_uri = _settings()
     # models:/ URIs resolve in the project's tracking store, as for `ilots predict`
-    setup_mlflow(stage_config(None, []).logger.tracking_uri if (root / "conf").is_dir() else "", root)
+    setup_mlflow(tracking_uri, root)
     model = _option(args.model, settings.prelabel_model)
     segmenter = load_segmenter(model)
     orthos = Path(args.orthos) if args.orthos else _path(root, settings.orthos)
     with _connect() as conn:
-        project_id = _project_id(conn, args)
+        project_id = _project_id(conn, args, settings)
         version = args.model_version or model_version(model)
         _print(prelabel(conn, project_id, segmenter, orthos, version))
 
@@ -145,7 +147,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     layers = [(c, read_layer(Path(v), w)) for v, c, w in zip(args.vector, args.cls, wheres, strict=True)]
     version = args.model_version or "bootstrap:" + "+".join(Path(v).stem for v in args.vector)
     with _connect() as conn:
-        _print(bootstrap(conn, _project_id(conn, args), layers, version))
+        _print(bootstrap(conn, _project_id(conn, args, _settings()[0]), layers, version))
 
 
 def model_version(uri: str) -> str:
