@@ -88,16 +88,16 @@ def make_raster(path: Path, height: int, width: int, block: int = 1024) -> Path:
 def make_bundle(folder: Path, net: dict) -> Path:
     """A model bundle with random weights (seeded)."""
     import torch
-    from hydra.utils import instantiate
 
-    from ilots.bundle import Segmenter, make_meta
+    from ilots.models.bundle import Segmenter, make_meta
+    from ilots.models.nets import build_network
 
     if (folder / "ilots-model.json").is_file():
         return folder
     torch.manual_seed(0)
     stats = {"mean": [110.0] * BANDS, "std": [40.0] * BANDS}
     meta = make_meta(net, CLASSES, [f"b{i}" for i in range(BANDS)], stats, 512)
-    Segmenter(instantiate(net), meta).save(folder)
+    Segmenter(build_network(net), meta).save(folder)
     return folder
 
 
@@ -105,9 +105,12 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this process: end-to-end, then forward-only; prints a JSON line."""
     import torch
 
-    import ilots.predict
-    from ilots.bundle import Segmenter
-    from ilots.predict import WindowGrid, forward, predict_raster, resolve_device
+    import ilots.inference.runner
+    from ilots.inference.forward import forward, resolve_device
+    from ilots.inference.grid import WindowGrid
+    from ilots.inference.options import PredictOptions
+    from ilots.inference.runner import predict_raster
+    from ilots.models.bundle import Segmenter
 
     segmenter = Segmenter.load(Path(args.bundle)).to(resolve_device(args.device))
     raster = Path(args.raster)
@@ -142,24 +145,23 @@ def child(args: argparse.Namespace) -> None:
         in_run.append(time.perf_counter() - t0)
         return out
 
-    ilots.predict.forward = timed_forward
+    ilots.inference.runner.forward = timed_forward
 
     start = time.perf_counter()
     predict_raster(
         segmenter,
         raster,
         out / "classes.tif",
-        window=args.window,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
+        PredictOptions(
+            window=args.window, overlap=args.overlap, batch_size=args.batch_size, precision=args.precision
+        ),
         probabilities=out / "probabilities.tif" if args.probabilities else None,
     )
     sync()
     end_to_end_s = time.perf_counter() - start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    ilots.predict.forward = forward
+    ilots.inference.runner.forward = forward
     times += forward_times(max(1, min(args.forward_batches, n_batches) - len(times)))
     forward_s = statistics.median(times) * n_batches
     mpx = height * width / 1e6

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ilots.config import compose, to_dict
-from ilots.datamodule import ChipDataModule
-from ilots.losses import CrossEntropyLoss
-from ilots.nets import build_net
-from ilots.train import build_datamodule
+from ilots.data.chips import ChipDataModule
+from ilots.models.losses import CrossEntropyLoss
+from ilots.models.nets import build_net
+from ilots.pipeline.config import compose, to_dict
+from ilots.pipeline.train import build_datamodule
 
 
 def timed_steps(net: torch.nn.Module, batches, steps: int) -> float:  # type: ignore[no-untyped-def]

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO / "tests" / "labeling"))
 
 from ls_server import fresh_server  # noqa: E402
 
+from ilots.data.labels import build_masks, pull_export  # noqa: E402
 from ilots.labeling.connection import Connection  # noqa: E402
 from ilots.labeling.project import init_project, read_label_config  # noqa: E402
-from ilots.labels import build_masks, pull_export  # noqa: E402
 
 X0, Y0, RES = 841800.0, 6519400.0, 0.2
 

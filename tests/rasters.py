@@ -62,3 +62,12 @@ def enter_project(root: Path, mp: pytest.MonkeyPatch) -> Path:
     for var in OUTSIDE_ENV:
         mp.delenv(var, raising=False)
     return root
+
+
+def write_masked_ortho(path: Path, image: np.ndarray, valid: np.ndarray) -> Path:
+    """An orthophoto with no nodata value whose no-imagery pixels are excluded by an internal mask,
+    as JPEG-compressed orthophotos carry them (``valid`` False: no imagery)."""
+    write_ortho(path, image)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+        dst.write_mask(valid.astype(np.uint8) * 255)
+    return path

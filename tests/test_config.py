@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from rasters import REPO
 
-from ilots.config import compose, load_params, write_params
-from ilots.errors import IlotsError
+from ilots.core.errors import IlotsError
+from ilots.pipeline.config import compose, load_params, write_params
 
 
 def test_committed_params_yaml_agrees_with_conf() -> None:
@@ -81,6 +81,23 @@ def test_stale_params_yaml_is_refused_outside_experiments(
 def test_every_stage_has_help() -> None:
     for stage in ("labels", "tiles", "train", "evaluate", "register", "predict", "summary", "sample-city"):
         out = subprocess.run(
-            [sys.executable, "-m", "ilots.cli", stage, "--help"], capture_output=True, text=True
+            [sys.executable, "-m", "ilots.pipeline.cli", stage, "--help"], capture_output=True, text=True
         )
         assert out.returncode == 0 and "usage: ilots" in out.stdout, stage
+
+
+def test_outside_a_project_commands_get_ilots_own_conf_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The labeling commands run outside a project with the defaults of conf/, the one place they
+    are written (labeling/cli.py kept a copy of them)."""
+    import yaml
+
+    from ilots.pipeline.config import project_or_default_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg, root = project_or_default_config()
+    written = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "config.yaml").read_text())
+    assert root == tmp_path
+    assert cfg.labeling.tile_size == written["labeling"]["tile_size"]
+    assert cfg.labeling.title == written["labeling"]["title"] and cfg.labeling.storage == "local-files"

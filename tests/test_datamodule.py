@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from rasters import write_mask, write_ortho
 
-from ilots.datamodule import ChipDataModule, ChipDataset
-from ilots.errors import IlotsError
+from ilots.core.errors import IlotsError
+from ilots.data.chips import ChipDataModule, ChipDataset
 
 ALL = {"hflip": 1.0, "vflip": 0.5, "rot90": 1.0, "scale": 1.0, "brightness_contrast": 1.0, "hue": 1.0,
        "blur": 1.0, "noise": 1.0}  # fmt: skip

@@ -14,7 +14,7 @@ import rasterio
 from rasters import REPO
 from scipy import ndimage
 
-from ilots.sample import generate_sample_city
+from ilots.sample.city import generate_sample_city
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Reading a JSON array item by item gives what json.load gives, whatever the layout and read size."""
+"""Reading a JSON array item by item gives what json.load gives, whatever the layout."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ilots.errors import IlotsError
-from ilots.io import NotAnArray, iter_json_array
+from ilots.core.errors import IlotsError
+from ilots.core.files import NotAnArray, iter_json_array
 
 
-def test_items_match_a_whole_file_parse_for_any_layout_and_read_size(tmp_path: Path) -> None:
+def test_items_match_a_whole_file_parse_for_any_layout(tmp_path: Path) -> None:
     rng = random.Random(0)
     values = [1, 12345678901234, -3.5e10, 'é"x\n', None, True, [], {},
               {"rle": [1, 2, 3], "points": [[10.25, 5.5]], "name": "ü" * 40}]  # fmt: skip
@@ -21,7 +21,7 @@ def test_items_match_a_whole_file_parse_for_any_layout_and_read_size(tmp_path: P
         items = [rng.choice(values) for _ in range(rng.randint(0, 25))]
         text = json.dumps(items, indent=rng.choice([None, 1, 2]), ensure_ascii=rng.random() < 0.5)
         path.write_text(text, encoding="utf-8")
-        assert list(iter_json_array(path, chunk=rng.randint(1, 40))) == items, text
+        assert list(iter_json_array(path)) == items, text
 
 
 @pytest.mark.parametrize(
@@ -39,5 +39,5 @@ def test_broken_or_other_json_is_a_clear_error_naming_the_file(tmp_path: Path, t
     path = tmp_path / "export.json"
     path.write_text(text)
     with pytest.raises(IlotsError, match=f"export {path}.*{error}") as info:
-        list(iter_json_array(path, "export", chunk=2))
+        list(iter_json_array(path, "export"))
     assert isinstance(info.value, NotAnArray) == (error == "not a JSON array")

@@ -18,20 +18,15 @@ from local_http import serve
 from rasterio.transform import from_origin
 from shapely.geometry import Point, Polygon
 
-from ilots.errors import IlotsError
-from ilots.labels import (
-    DEFAULT_CLASSES,
-    DEFAULT_PRIORITY,
-    build_masks,
-    canonical_task,
-    pull_export,
-    rasterize_annotation,
-)
+from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, ClassMap
+from ilots.core.errors import IlotsError
+from ilots.data.labels import build_masks, rasterize_annotation
+from ilots.labeling.export import canonical_task, pull_export
 
 X0, Y0, RES = 841800.0, 6519400.0, 0.2
 SIZE, TILE = 64, 32
 ORTHO = "lyon_841800_6519400_0M20_IRC.tif"
-CLASS_INDEX = {name: value for value, name in enumerate(DEFAULT_CLASSES)}
+CLASS_MAP = ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
 KEY = "s3cr3t-key-4242"
 
 
@@ -148,7 +143,10 @@ def env(tmp_path: Path) -> dict[str, Path]:
 def run(env: dict[str, Path], tasks: list[dict], **kwargs: Any) -> tuple[dict, np.ndarray, Path]:
     """Write the export, build the masks, return the summary, the mask and its path."""
     env["export"].write_text(json.dumps(tasks), encoding="utf-8")
-    summary = build_masks(env["export"], env["orthos"], env["out"], **kwargs)
+    classes = kwargs.pop("classes", DEFAULT_CLASSES)
+    priority = kwargs.pop("priority", DEFAULT_PRIORITY)
+    class_map = ClassMap.from_config(classes, priority, kwargs.pop("merge", None))
+    summary = build_masks(env["export"], env["orthos"], env["out"], class_map=class_map, **kwargs)
     path = env["out"] / f"{Path(ORTHO).stem}.tif"
     with rasterio.open(path) as src:
         return summary, src.read(1), path
@@ -188,25 +186,21 @@ def test_polygon_roof_covers_pixels_whose_centre_is_inside(env: dict[str, Path])
 
 
 def test_rectangle_covers_its_pixels() -> None:
-    out = rasterize_annotation([rect(8, 16, 8, 4, "water")], TILE, TILE, CLASS_INDEX, DEFAULT_PRIORITY, 1)
+    out = rasterize_annotation([rect(8, 16, 8, 4, "water")], TILE, TILE, CLASS_MAP, 1)
     expected = np.zeros((TILE, TILE), np.uint8)
     expected[16:20, 8:16] = 2
     np.testing.assert_array_equal(out, expected)
 
 
 def test_rectangle_rotated_90_turns_clockwise_around_top_left() -> None:
-    out = rasterize_annotation(
-        [rect(8, 16, 8, 4, "roof", rotation=90)], TILE, TILE, CLASS_INDEX, DEFAULT_PRIORITY, 1
-    )
+    out = rasterize_annotation([rect(8, 16, 8, 4, "roof", rotation=90)], TILE, TILE, CLASS_MAP, 1)
     expected = np.zeros((TILE, TILE), np.uint8)
     expected[16:24, 4:8] = 3  # width now runs down, height runs left
     np.testing.assert_array_equal(out, expected)
 
 
 def test_rectangle_rotated_30_lies_roughly_where_expected() -> None:
-    out = rasterize_annotation(
-        [rect(8, 8, 12, 6, "roof", rotation=30)], TILE, TILE, CLASS_INDEX, DEFAULT_PRIORITY, 1
-    )
+    out = rasterize_annotation([rect(8, 8, 12, 6, "roof", rotation=30)], TILE, TILE, CLASS_MAP, 1)
     rows, cols = np.nonzero(out == 3)
     assert 72 * 0.8 <= rows.size <= 72 * 1.2
     angle = np.radians(30)
@@ -281,7 +275,9 @@ def test_tree_wins_over_roof_on_overlap(env: dict[str, Path]) -> None:
     _, mask, _ = run(env, [task(1, 0, 0, [annotation(10, result)])])
     assert (mask[0:10, 0:10] == 1).all()
     assert (mask[10:15, 10:15] == 3).all()
-    custom = rasterize_annotation(result, TILE, TILE, CLASS_INDEX, ("tree", "water", "roof"), 1)
+    custom = rasterize_annotation(
+        result, TILE, TILE, ClassMap.from_config(DEFAULT_CLASSES, ("tree", "water", "roof")), 1
+    )
     assert (custom[5:15, 5:15] == 3).all()
 
 
@@ -300,7 +296,7 @@ def test_choices_and_textarea_results_are_ignored() -> None:
         {"type": "choices", "from_name": "q", "to_name": "image", "value": {"choices": ["ok"]}},
         {"type": "textarea", "from_name": "t", "to_name": "image", "value": {"text": ["note"]}},
     ]
-    out = rasterize_annotation(result, TILE, TILE, CLASS_INDEX, DEFAULT_PRIORITY, 1)
+    out = rasterize_annotation(result, TILE, TILE, CLASS_MAP, 1)
     assert (out == 0).all()
 
 
@@ -524,6 +520,25 @@ def test_merged_labels_become_their_class_and_trees_still_win_over_them(env: dic
     expected[10:30, 10:30] = 1
     np.testing.assert_array_equal(tile_of(mask, 0, 0), expected)
     assert set(summary["pixels"]) == {"background", "tree", "unlabeled"}
+
+
+def test_masks_of_the_trees_only_experiment_list_only_its_classes(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLASSES tag (what QGIS users and the tiles stage read) names the classes, never the labels
+    merged into them: under experiment=trees_only it was `water,roof,background,tree`."""
+    from rasters import enter_project
+
+    from ilots.pipeline.config import compose
+    from ilots.pipeline.stages import class_map
+
+    enter_project(tmp_path / "project", monkeypatch)
+    trees_only = class_map(compose(["experiment=trees_only"]))
+    env["export"].write_text(json.dumps(_good_tasks()), encoding="utf-8")
+    build_masks(env["export"], env["orthos"], env["out"], class_map=trees_only)
+    with rasterio.open(env["out"] / f"{Path(ORTHO).stem}.tif") as src:
+        assert src.tags()["CLASSES"] == "background,tree"
+        assert set(np.unique(src.read(1))) <= {0, 1, 255}
 
 
 @pytest.mark.parametrize("merge", [{"roof": "car"}, {"tree": "background"}])

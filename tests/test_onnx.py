@@ -10,9 +10,10 @@ import pytest
 import torch
 from test_predict import CLASSES, save_bundle
 
-from ilots.bundle import Segmenter, load_segmenter
-from ilots.errors import IlotsError
-from ilots.onnx import export_onnx
+from ilots.core.errors import IlotsError
+from ilots.models.bundle import Segmenter
+from ilots.models.onnx import export_onnx
+from ilots.tracking.pyfunc import load_segmenter
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -52,7 +53,7 @@ def test_size_not_a_multiple_of_32_is_refused_and_writes_nothing(tmp_path: Path)
 
 
 def test_cli_exports_and_reports_an_unresolvable_model(project: Path, capsys: pytest.CaptureFixture) -> None:
-    from ilots.cli import main
+    from ilots.pipeline.cli import main
 
     bundle = save_bundle(project / "bundle", 4)
     assert main(["export-onnx", "--model", str(bundle), "--out", "m.onnx", "--size", "64"]) == 0

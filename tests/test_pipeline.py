@@ -11,9 +11,9 @@ import pytest
 import rasterio
 from rasters import enter_project
 
-from ilots.cli import main
-from ilots.register import register
-from ilots.sample import generate_sample_city
+from ilots.pipeline.cli import main
+from ilots.sample.city import generate_sample_city
+from ilots.tracking.registry import register
 
 TINY = ["experiment=tiny"]
 

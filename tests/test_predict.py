@@ -16,16 +16,14 @@ import torch
 from rasters import write_ortho
 from torch import nn
 
-from ilots.bundle import Segmenter
-from ilots.errors import IlotsError
-from ilots.predict import (
-    PredictOptions,
-    WindowGrid,
-    input_paths,
-    predict_distributed,
-    predict_orthos,
-    predict_raster,
-)
+from ilots.core.errors import IlotsError
+from ilots.core.orthos import input_rasters as input_paths
+from ilots.inference.distributed import predict_distributed
+from ilots.inference.grid import WindowGrid
+from ilots.inference.options import PredictOptions
+from ilots.inference.runner import predict_orthos, predict_raster
+from ilots.models.bundle import Segmenter, make_meta
+from ilots.models.nets import build_network
 
 CLASSES = ["background", "tree", "water", "roof"]
 
@@ -51,15 +49,8 @@ class Constant(nn.Module):
 
 
 def segmenter(net: nn.Module, bands: int = 4, net_config: dict | None = None) -> Segmenter:
-    meta = {
-        "classes": CLASSES,
-        "band_names": [f"b{i}" for i in range(bands)],
-        "mean": [0.0] * bands,
-        "std": [1.0] * bands,
-        "tile_size": 64,
-        "net": net_config or {},
-    }
-    return Segmenter(net, meta)
+    stats = {"mean": [0.0] * bands, "std": [1.0] * bands}
+    return Segmenter(net, make_meta(net_config or {}, CLASSES, [f"b{i}" for i in range(bands)], stats, 64))
 
 
 def ortho(
@@ -76,7 +67,10 @@ def test_pixel_function_is_reconstructed_exactly_across_windows(
 ) -> None:
     src, image = ortho(tmp_path)
     predict_raster(
-        segmenter(PixelRule()), src, tmp_path / "out.tif", window=window, overlap=overlap, batch_size=batch
+        segmenter(PixelRule()),
+        src,
+        tmp_path / "out.tif",
+        PredictOptions(window=window, overlap=overlap, batch_size=batch),
     )
     with rasterio.open(tmp_path / "out.tif") as out:
         np.testing.assert_array_equal(out.read(1), image[0] % 4)
@@ -84,7 +78,9 @@ def test_pixel_function_is_reconstructed_exactly_across_windows(
 
 def test_constant_model_gives_uniform_raster_with_input_georeference(tmp_path: Path) -> None:
     src, _ = ortho(tmp_path)
-    predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=2)
+    predict_raster(
+        segmenter(Constant()), src, tmp_path / "out.tif", PredictOptions(window=64, overlap=16, batch_size=2)
+    )
     with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
         assert b.crs == a.crs and b.transform == a.transform and b.shape == a.shape
         assert b.nodata == 255 and b.dtypes[0] == "uint8"
@@ -98,7 +94,9 @@ def test_input_nodata_becomes_output_nodata(tmp_path: Path) -> None:
     image = rng.integers(1, 250, (4, 100, 120), dtype=np.uint8)
     image[:, :30, :40] = 0
     src = write_ortho(tmp_path / "in.tif", image, nodata=0)
-    predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=2)
+    predict_raster(
+        segmenter(Constant()), src, tmp_path / "out.tif", PredictOptions(window=64, overlap=16, batch_size=2)
+    )
     with rasterio.open(tmp_path / "out.tif") as out:
         classes = out.read(1)
     assert (classes[:30, :40] == 255).all()
@@ -109,7 +107,10 @@ def test_band_count_mismatch_is_clear_and_writes_nothing(tmp_path: Path) -> None
     src, _ = ortho(tmp_path)
     with pytest.raises(IlotsError, match=r"in\.tif has 4 bands but the model expects 3"):
         predict_raster(
-            segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=1
+            segmenter(Constant(), bands=3),
+            src,
+            tmp_path / "out.tif",
+            PredictOptions(window=64, overlap=16, batch_size=1),
         )
     assert list(tmp_path.iterdir()) == [src]
 
@@ -118,7 +119,12 @@ def test_raster_without_crs_is_clear_and_keeps_previous_output(tmp_path: Path) -
     src = write_ortho(tmp_path / "in.tif", np.zeros((4, 64, 64), np.uint8), crs=None)
     (tmp_path / "out.tif").write_bytes(b"previous result")
     with pytest.raises(IlotsError, match=r"in\.tif has no CRS"):
-        predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=1)
+        predict_raster(
+            segmenter(Constant()),
+            src,
+            tmp_path / "out.tif",
+            PredictOptions(window=64, overlap=16, batch_size=1),
+        )
     assert (tmp_path / "out.tif").read_bytes() == b"previous result"
 
 
@@ -129,7 +135,10 @@ def test_alpha_band_beyond_the_model_bands_masks_output(tmp_path: Path) -> None:
     image[3, 50:, 60:] = 0
     src = write_ortho(tmp_path / "rgba.tif", image)  # GDAL's default: 4th band flagged alpha
     predict_raster(
-        segmenter(Constant(), bands=3), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=2
+        segmenter(Constant(), bands=3),
+        src,
+        tmp_path / "out.tif",
+        PredictOptions(window=64, overlap=16, batch_size=2),
     )
     with rasterio.open(tmp_path / "out.tif") as out:
         classes = out.read(1)
@@ -139,7 +148,9 @@ def test_alpha_band_beyond_the_model_bands_masks_output(tmp_path: Path) -> None:
 def test_nir_band_flagged_alpha_by_gdal_default_is_still_data(tmp_path: Path) -> None:
     src, image = ortho(tmp_path)  # 4 bands, default options: GDAL flags band 4 as alpha
     image_nir_zero = image.copy()
-    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", window=64, overlap=16, batch_size=2)
+    predict_raster(
+        segmenter(PixelRule()), src, tmp_path / "out.tif", PredictOptions(window=64, overlap=16, batch_size=2)
+    )
     with rasterio.open(tmp_path / "out.tif") as out:
         assert (out.read(1) != 255).all()
     assert (image_nir_zero[3] == 0).any()
@@ -181,7 +192,10 @@ def test_function_of_pixel_coordinates_is_reconstructed_without_shift_or_seam(
     image = np.stack([rows % 256, cols % 256, rows * 0, cols * 0]).astype(np.uint8)
     src = write_ortho(tmp_path / "in.tif", image)
     predict_raster(
-        segmenter(Coordinates()), src, tmp_path / "out.tif", window=64, overlap=24, batch_size=5, tta=tta
+        segmenter(Coordinates()),
+        src,
+        tmp_path / "out.tif",
+        PredictOptions(window=64, overlap=24, batch_size=5, tta=tta),
     )
     with rasterio.open(tmp_path / "out.tif") as out:
         np.testing.assert_array_equal(out.read(1), (rows + cols) % 4)
@@ -197,9 +211,7 @@ def test_probabilities_are_blended_seamlessly_and_nodata_is_masked(tmp_path: Pat
         segmenter(Soft()),
         src,
         tmp_path / "out.tif",
-        window=64,
-        overlap=32,
-        batch_size=3,
+        PredictOptions(window=64, overlap=32, batch_size=3),
         probabilities=proba_path,
     )
     with rasterio.open(proba_path) as proba, rasterio.open(tmp_path / "out.tif") as classes:
@@ -216,10 +228,8 @@ def test_probabilities_are_blended_seamlessly_and_nodata_is_masked(tmp_path: Pat
 def test_outputs_are_cogs_with_overviews_colours_and_class_names(tmp_path: Path) -> None:
     src, image = ortho(tmp_path, height=1100, width=1200)
     proba_path = tmp_path / "probabilities" / "out.tif"
-    predict_raster(
-        segmenter(PixelRule()), src, tmp_path / "out.tif", window=256, overlap=32, batch_size=4,
-        probabilities=proba_path,
-    )  # fmt: skip
+    options = PredictOptions(window=256, overlap=32, batch_size=4)
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", options, probabilities=proba_path)
     with rasterio.open(src) as a:
         crs, transform = a.crs, a.transform
     for path in (tmp_path / "out.tif", proba_path):
@@ -253,11 +263,13 @@ OPTIONS = PredictOptions(window=64, overlap=16, batch_size=4)
 def test_rerun_skips_complete_outputs_unless_options_change_or_overwrite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ilots.predict
+    import ilots.inference.runner
 
     orthos, calls = two_orthos(tmp_path), []
-    real = ilots.predict.predict_raster
-    monkeypatch.setattr(ilots.predict, "predict_raster", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = ilots.inference.runner.predict_raster
+    monkeypatch.setattr(
+        ilots.inference.runner, "predict_raster", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    )
     out = tmp_path / "out"
     predict_orthos(segmenter(PixelRule()), orthos, out, OPTIONS)
     assert predict_orthos(segmenter(PixelRule()), orthos, out, OPTIONS) == {
@@ -279,8 +291,8 @@ KILLED_RUN = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
+from ilots.inference.runner import predict_orthos
 from test_predict import OPTIONS, PixelRule, segmenter
-from ilots.predict import predict_orthos
 net = PixelRule()
 net.delay = 0.3
 predict_orthos(segmenter(net), [Path(p) for p in {orthos!r}], Path({out!r}), OPTIONS)
@@ -364,14 +376,12 @@ def test_vrt_mosaic_and_folder_inputs(tmp_path: Path) -> None:
 
 def save_bundle(folder: Path, in_channels: int) -> Path:
     net = {"_target_": "torch.nn.Conv2d", "in_channels": in_channels, "out_channels": 4, "kernel_size": 1}
-    from hydra.utils import instantiate
-
-    segmenter(instantiate(net), in_channels, net).save(folder)
+    segmenter(build_network(net), in_channels, net).save(folder)
     return folder
 
 
 def test_cli_predicts_with_options_then_skips_on_rerun(project: Path, capsys: pytest.CaptureFixture) -> None:
-    from ilots.cli import main
+    from ilots.pipeline.cli import main
 
     orthos = two_orthos(project)
     model = save_bundle(project / "model", 4)
@@ -392,7 +402,7 @@ def test_cli_predicts_with_options_then_skips_on_rerun(project: Path, capsys: py
 def test_cli_bad_input_is_one_clear_error_and_writes_nothing(
     project: Path, capsys: pytest.CaptureFixture, case: str
 ) -> None:
-    from ilots.cli import main
+    from ilots.pipeline.cli import main
 
     src = write_ortho(
         project / "in.tif", np.ones((4, 64, 64), np.uint8), crs=None if case == "no crs" else "EPSG:2154"
@@ -418,9 +428,50 @@ def test_bf16_autocast_runs_and_agrees_with_fp32(tmp_path: Path) -> None:
     net = nn.Conv2d(4, 4, 1)
     src, _ = ortho(tmp_path)
     for precision in ("fp32", "bf16"):
-        predict_raster(
-            segmenter(net), src, tmp_path / f"{precision}.tif", window=64, overlap=16, batch_size=4,
-            precision=precision,
-        )  # fmt: skip
+        options = PredictOptions(window=64, overlap=16, batch_size=4, precision=precision)
+        predict_raster(segmenter(net), src, tmp_path / f"{precision}.tif", options)
     with rasterio.open(tmp_path / "fp32.tif") as a, rasterio.open(tmp_path / "bf16.tif") as b:
         assert (a.read(1) == b.read(1)).mean() > 0.95
+
+
+FAILING_WORKERS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from ilots.core.errors import IlotsError
+from ilots.inference.distributed import predict_distributed
+from ilots.inference.options import PredictOptions
+from test_predict import PixelRule, segmenter
+options = PredictOptions(window=64, overlap=16, batch_size=4, devices=2)
+try:
+    predict_distributed(segmenter(PixelRule()), [Path(p) for p in {orthos!r}], Path({out!r}), options)
+except IlotsError as exc:
+    print("ERROR:", exc)
+"""
+
+
+def test_a_worker_failing_on_any_error_ends_the_run_with_its_message(tmp_path: Path) -> None:
+    """--devices 2 with an output folder under a regular file: the workers fail on an OSError, not an
+    IlotsError; the run must end with that message, not hang in the workers' gather."""
+    orthos = two_orthos(tmp_path)
+    (tmp_path / "taken").write_text("a regular file")
+    script = FAILING_WORKERS.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "taken" / "out")
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "ERROR: prediction worker" in done.stdout, done.stderr[-2000:]
+    assert "NotADirectoryError" in done.stdout
+
+
+def test_cli_output_folder_under_a_file_is_one_sentence_before_any_work(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ilots.pipeline.cli import main
+
+    orthos = two_orthos(project)
+    (project / "taken").write_text("a regular file")
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(orthos[0]), "--model", str(model), "--out", str(project / "taken" / "out")]
+    assert main([*args, "--devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{project / 'taken'} is a file; choose another --out" in err and "Traceback" not in err

@@ -15,8 +15,8 @@ from rasterio.enums import ColorInterp
 from scipy import ndimage
 from shapely.geometry import Polygon, box
 
-from ilots.errors import IlotsError
-from ilots.sample import generate_sample_city, render_scene
+from ilots.core.errors import IlotsError
+from ilots.sample.city import generate_sample_city, render_scene
 
 SIZE, TILE = 256, 128
 LABEL_CLASS = {"roof": 3, "water": 2, "tree": 1}  # rasterized in this order: later wins

@@ -10,8 +10,8 @@ import pytest
 import rasterio
 from rasters import write_mask, write_ortho
 
-from ilots.errors import IlotsError
-from ilots.tiles import cut_tiles
+from ilots.core.errors import IlotsError
+from ilots.data.tiles import cut_tiles
 
 CLASSES = ["background", "tree", "water", "roof"]
 
@@ -100,3 +100,34 @@ def test_rerun_failure_keeps_previous_tiles(tmp_path: Path) -> None:
     with pytest.raises(IlotsError, match="annotated block"):
         cut(tmp_path)
     assert (tmp_path / "tiles" / "index.json").read_bytes() == before
+
+
+def test_pixels_an_internal_mask_excludes_are_not_annotated_in_the_chips(tmp_path: Path) -> None:
+    """A JPEG-style orthophoto (no nodata value, an internal mask): the masked pixels hold no imagery,
+    so no chip trains on them, as prediction treats them as nodata."""
+    from rasters import write_masked_ortho
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 255, (4, 256, 256), dtype=np.uint8)
+    valid = np.ones((256, 256), dtype=bool)
+    valid[:, :100] = False  # the fill around the scene
+    write_masked_ortho(tmp_path / "orthos" / "a.tif", image, valid)
+    write_mask(tmp_path / "masks" / "a.tif", rng.integers(0, 4, (256, 256)).astype(np.uint8))
+    cut(tmp_path)
+    index = json.loads((tmp_path / "tiles" / "index.json").read_text())
+    for chip in index["chips"]:
+        with rasterio.open(tmp_path / "tiles" / chip["split"] / f"{chip['id']}.mask.tif") as src:
+            labels = src.read(1)
+        cols = np.arange(chip["col_off"], chip["col_off"] + 32)
+        assert (labels[:, cols < 100] == 255).all() and (labels[:, cols >= 100] != 255).all()
+
+
+def test_hidden_and_partial_files_in_the_orthophoto_folder_are_not_orthophotos(tmp_path: Path) -> None:
+    """macOS leaves ``._name.tif`` files on shared drives, downloads leave ``.name.tif.part``: the
+    tiles stage lists the folder as the labels stage and predict do, and skips them."""
+    make_inputs(tmp_path)
+    (tmp_path / "orthos" / "._a.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (tmp_path / "orthos" / ".b.tif").write_bytes(b"half a download")
+    summary = cut(tmp_path)
+    index = json.loads((tmp_path / "tiles" / "index.json").read_text())
+    assert {c["ortho"] for c in index["chips"]} == {"a.tif"} and summary["bands"] == 4

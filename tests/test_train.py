@@ -9,10 +9,10 @@ import pytest
 import torch
 from rasters import enter_project
 
-from ilots.config import compose
-from ilots.errors import IlotsError
-from ilots.losses import auto_class_weights
-from ilots.nets import build_net
+from ilots.core.errors import IlotsError
+from ilots.models.losses import auto_class_weights
+from ilots.models.nets import build_net
+from ilots.pipeline.config import compose
 
 UNET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None}
 QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2", "data.batch_size=8"]
@@ -21,8 +21,8 @@ QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiles of a tiny sample city, cut once for the module."""
-    from ilots.cli import main
-    from ilots.sample import generate_sample_city
+    from ilots.pipeline.cli import main
+    from ilots.sample.city import generate_sample_city
 
     root = tmp_path_factory.mktemp("tiles")
     mp = pytest.MonkeyPatch()
@@ -54,10 +54,11 @@ def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
 ) -> None:
     import lightning as L
 
-    import ilots.train as train_module
+    import ilots.training.fit as train_module
+    from ilots.pipeline.train import train
 
     overrides = [*QUICK, "trainer.max_epochs=3", f"data={data}"]
-    straight = train_module.train(compose(overrides))
+    straight = train(compose(overrides))
 
     class KillInSecondEpoch(L.Callback):
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -73,13 +74,13 @@ def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
 
     monkeypatch.setattr(train_module, "make_trainer", killing_trainer)
     with pytest.raises(RuntimeError, match="power cut"):
-        train_module.train(compose(overrides))
+        train(compose(overrides))
     monkeypatch.setattr(train_module, "make_trainer", make_trainer)
     killed_ckpt = max(
         (project / "experiments" / "checkpoints").glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime
     )
     assert torch.load(killed_ckpt, map_location="cpu", weights_only=False)["epoch"] < 2
-    resumed = train_module.train(compose([*overrides, "train.resume=last"]))
+    resumed = train(compose([*overrides, "train.resume=last"]))
 
     assert resumed["run_id"] == killed_ckpt.parent.name != straight["run_id"]
     a = weights(project / straight["checkpoint"].replace("best.ckpt", "last.ckpt"))
@@ -91,7 +92,7 @@ def test_killed_run_resumed_from_last_checkpoint_matches_uninterrupted(
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(project: Path) -> None:
-    from ilots.train import train
+    from ilots.pipeline.train import train
 
     result = train(compose([*QUICK, "trainer.max_epochs=30", "train.early_stopping_patience=1",
                             "optimizer.lr=1e-9", "scheduler=none"]))  # fmt: skip
@@ -99,14 +100,14 @@ def test_early_stopping_ends_a_run_that_stopped_improving(project: Path) -> None
 
 
 def test_band_count_differing_from_the_model_is_a_clear_error(project: Path) -> None:
-    from ilots.train import train
+    from ilots.pipeline.train import train
 
     with pytest.raises(IlotsError, match=r"model\.in_channels=3 but the tiles have 4 bands"):
         train(compose([*QUICK, "+model.in_channels=3"]))
 
 
 def test_empty_tiles_folder_is_a_clear_error(project: Path) -> None:
-    from ilots.train import train
+    from ilots.pipeline.train import train
 
     (project / "empty").mkdir()
     with pytest.raises(IlotsError, match=r"tiles folder .*empty holds no tiles .*run `ilots tiles`"):
@@ -144,7 +145,7 @@ def test_multirun_trains_every_combination_into_its_own_run(
 
     import mlflow
 
-    from ilots.cli import main
+    from ilots.pipeline.cli import main
 
     overrides = [*QUICK, "train.overlays=0", "trainer.max_epochs=1", "model=unet,fpn"]
     assert main(["train", "--multirun", *overrides]) == 0
@@ -183,8 +184,8 @@ def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path
 def test_a_batch_with_no_annotated_pixel_gives_a_zero_loss_not_nan() -> None:
     from functools import partial
 
-    from ilots.losses import CrossEntropyLoss
-    from ilots.module import SegmentationModule
+    from ilots.models.losses import CrossEntropyLoss
+    from ilots.models.module import SegmentationModule
 
     net = torch.nn.Conv2d(4, 4, kernel_size=1)
     classes = ["background", "tree", "water", "roof"]

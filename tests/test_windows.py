@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from rasters import RES, X0, Y0, write_mask, write_ortho
 
-from ilots.errors import IlotsError
-from ilots.tiles import cut_tiles
-from ilots.windows import WindowDataModule
+from ilots.core.errors import IlotsError
+from ilots.data.tiles import cut_tiles
+from ilots.data.windows import WindowDataModule
 
 CLASSES = ["background", "tree", "water", "roof"]
 
@@ -158,3 +158,27 @@ def test_tiles_without_blocks_ask_to_recut(city: Path, tmp_path: Path) -> None:
     (old / "index.json").write_text(json.dumps(index))
     with pytest.raises(IlotsError, match="rerun `ilots tiles`"):
         WindowDataModule(str(old), str(city / "orthos"), str(city / "masks"))
+
+
+def test_window_pixels_an_internal_mask_excludes_are_not_annotated(tmp_path: Path) -> None:
+    """Random windows read validity as the tiles stage and prediction do: pixels an internal mask
+    excludes (JPEG-compressed orthophotos) are not trained on, though band 1 holds values there."""
+    from rasters import write_masked_ortho
+
+    rows, cols = np.mgrid[0:256, 0:256]
+    image = np.stack([rows, cols, np.full_like(rows, 5), (rows + cols) % 256]).astype(np.uint8)
+    valid = cols >= 64
+    write_masked_ortho(tmp_path / "orthos" / "o.tif", image, valid)
+    write_mask(tmp_path / "masks" / "o.tif", ((rows // 16 + cols // 16) % 4).astype(np.uint8))
+    cut_tiles(
+        tmp_path / "orthos", tmp_path / "masks", tmp_path / "tiles", size=64, overlap=0, block=128,
+        split={"train": 0.5, "val": 0.25, "test": 0.25}, min_annotated=0.01, classes=CLASSES, seed=0,
+    )  # fmt: skip
+    dm = module(tmp_path, size=48, length=30)
+    dataset = dm.dataset("train")
+    std, mean = dm.stats["std"][1], dm.stats["mean"][1]
+    for key in dm.sampler(dataset):
+        sample = dataset[key]
+        window_cols = np.rint(sample["image"][1].numpy() * std + mean)
+        mask = sample["mask"].numpy()
+        assert (mask[window_cols < 64] == 255).all() and (mask[window_cols >= 64] != 255).all()

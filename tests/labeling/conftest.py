@@ -15,7 +15,7 @@ from ilots.labeling.connection import Connection
 @pytest.fixture(scope="session", autouse=True)
 def _cli_imported() -> None:
     """Build the ``ilots`` parser once, so that timings measure the commands, not the imports."""
-    from ilots.cli import build_parser
+    from ilots.pipeline.cli import build_parser
 
     build_parser()
 

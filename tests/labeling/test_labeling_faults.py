@@ -14,7 +14,7 @@ from local_http import serve
 from ls_server import Server, free_port
 from test_labeling_roundtrip import REPO, TILE, annotate, brush_result, run, run_error, write_ortho16
 
-from ilots.errors import IlotsError
+from ilots.core.errors import IlotsError
 from ilots.labeling.connection import Connection
 
 SECRET = "not-a-real-token-3f9a7c"

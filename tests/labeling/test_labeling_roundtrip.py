@@ -15,8 +15,8 @@ from ls_server import Server
 from PIL import Image
 from shapely.geometry import Point, Polygon
 
-from ilots.cli import main
 from ilots.labeling.connection import Connection
+from ilots.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 X0, Y0, RES = 841800.0, 6519400.0, 0.2
@@ -191,7 +191,7 @@ def test_round_trip_masks_equal_what_was_drawn_at_the_right_ground_place(
     assert (export.read_bytes(), export.stat().st_mtime_ns) == before
 
     # page by page (one task per request) gives the same snapshot
-    from ilots.labels import pull_export
+    from ilots.labeling.export import pull_export
 
     paged = pull_export(ls_env.url, ls_env.legacy_token, project_id, project / "paged.json", page_size=1)
     assert paged.read_bytes() == before[0]
@@ -293,7 +293,7 @@ def tiny_segmenter(folder: Path) -> Path:
     """A 1x1-conv model bundle: tree where NIR is high, roof where red is high, water where both are low."""
     import torch
 
-    from ilots.bundle import Segmenter
+    from ilots.models.bundle import Segmenter
 
     net = torch.nn.Conv2d(4, 4, kernel_size=1)
     with torch.no_grad():
@@ -304,6 +304,7 @@ def tiny_segmenter(folder: Path) -> Path:
         net.weight[2, 0] = net.weight[2, 3] = -2.0  # water <- dark
         net.bias[0] = 1.0
     meta = {
+        "format": "ilots-segmenter/1",
         "net": {"_target_": "torch.nn.Conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 1},
         "classes": ["background", "tree", "water", "roof"],
         "band_names": ["red", "green", "blue", "nir"],
@@ -318,7 +319,7 @@ def test_prelabel_pushes_visible_predictions_least_sure_first(
 ) -> None:
     from label_studio_sdk.converter.brush import decode_rle
 
-    from ilots.bundle import load_segmenter
+    from ilots.tracking.pyfunc import load_segmenter
 
     project_id = published["init"]["project_id"]
     tasks = tasks_by_window(ls_conn, project_id)
@@ -370,10 +371,10 @@ def test_prelabel_finds_the_champion_in_the_project_registry(
 ) -> None:
     import mlflow
 
-    from ilots.bundle import Segmenter
-    from ilots.pyfunc import log_segmenter
-    from ilots.register import register
-    from ilots.tracking import setup_mlflow
+    from ilots.models.bundle import Segmenter
+    from ilots.tracking.pyfunc import log_segmenter
+    from ilots.tracking.registry import register
+    from ilots.tracking.store import setup_mlflow
 
     setup_mlflow("", project, "ilots")
     with mlflow.start_run():

@@ -20,10 +20,10 @@ from rasterio import features
 from rasterio.crs import CRS
 from shapely.geometry import box
 
-from ilots.errors import IlotsError
+from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, ClassMap
+from ilots.core.errors import IlotsError
 from ilots.labeling.connection import Connection
 from ilots.labeling.prelabel import _unlabeled_tasks, brush_results, push_in_batches, task_window
-from ilots.labels import DEFAULT_CLASSES, DEFAULT_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ class _Layers:
         return self._by_crs[crs]
 
 
-def rasterize_tile(
-    task: dict, layers: _Layers, class_index: dict[str, int], priority: Sequence[str]
-) -> np.ndarray:
+def rasterize_tile(task: dict[str, Any], layers: _Layers, class_map: ClassMap) -> np.ndarray:
     """Class values (H, W) of the vectors on one task's tile grid (0 where none)."""
     _, crs, transform, window = task_window(task)
     height, width = int(window.height), int(window.width)
@@ -70,7 +68,7 @@ def rasterize_tile(
     x1, y1 = transform * (width, height)
     bounds = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
     mask = np.zeros((height, width), dtype=np.uint8)
-    order = {name: i for i, name in enumerate(priority)}
+    order = {name: i for i, name in enumerate(class_map.draw_order)}
     for name, frame in sorted(layers.in_crs(crs), key=lambda item: order.get(item[0], -1)):
         shapes = frame.geometry.values[frame.sindex.query(bounds, predicate="intersects")]
         if len(shapes):
@@ -81,7 +79,7 @@ def rasterize_tile(
                 fill=0,
                 dtype=np.uint8,
             )
-            mask[burned > 0] = class_index[name]
+            mask[burned > 0] = class_map.value(name)
     return mask
 
 
@@ -91,20 +89,21 @@ def bootstrap(
     layers: Sequence[tuple[str, Any]],
     model_version: str,
     *,
-    classes: Sequence[str] = DEFAULT_CLASSES,
-    priority: Sequence[str] = DEFAULT_PRIORITY,
+    class_map: ClassMap | None = None,
 ) -> dict[str, Any]:
     """Push the layers as pre-annotations of every unannotated task, and make them visible.
 
     Args:
         layers: ``(class_name, GeoDataFrame)`` pairs.
+        class_map: The project's classes and draw priority (default: the sample city's four).
 
     Returns:
         ``{"project_id", "model_version", "tasks_prelabeled", "tasks_with_shapes"}``.
     """
-    class_index = {name: value for value, name in enumerate(classes)}
+    class_map = class_map or ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
+    classes = list(class_map.names)
     for name, _ in layers:
-        if name not in class_index or name == classes[0]:
+        if name not in classes or name == classes[0]:
             raise IlotsError(f"--class {name!r} is not one of the classes ({', '.join(classes[1:])}).")
     indexed = _Layers(layers)
     with_shapes = 0
@@ -112,7 +111,7 @@ def bootstrap(
     def predictions() -> Iterator[dict]:
         nonlocal with_shapes
         for task in _unlabeled_tasks(conn, project_id, model_version):
-            result = brush_results(rasterize_tile(task, indexed, class_index, priority), classes, classes[1:])
+            result = brush_results(rasterize_tile(task, indexed, class_map), classes, classes[1:])
             with_shapes += bool(result)
             yield {"task": task["id"], "result": result, "model_version": model_version, "score": 1.0}
 

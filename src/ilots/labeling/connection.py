@@ -2,12 +2,19 @@
 
 Every call to the server goes through :meth:`Connection.call`, which retries connection failures
 and gateway errors (502, 503, 504) with exponential backoff, then raises an
-:class:`~ilots.errors.IlotsError` of one sentence. The API key (a legacy token or a personal access
-token: the SDK tells them apart) never appears in a message.
+:class:`~ilots.core.errors.IlotsError` of one sentence. The API key never appears in a message.
+
+Two kinds of key work, as in Label Studio's own SDK: a legacy token (sent as ``Token <key>``) and a
+personal access token, a JWT refresh token that is exchanged at ``/api/token/refresh/`` for a
+short-lived access token (sent as ``Bearer <access>``, exchanged again when the server refuses it).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
+import json
 import logging
 import os
 import time
@@ -17,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ilots.errors import IlotsError
+from ilots.core.errors import IlotsError
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +62,30 @@ class Connection:
     backoff_s: float = BACKOFF_S
     timeout_s: float = TIMEOUT_S
     _http: httpx.Client = field(init=False, repr=False)
-    _client: Any = field(init=False, repr=False, default=None)
+    _access: str | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         self._http = httpx.Client(timeout=self.timeout_s, follow_redirects=True)
 
     @property
-    def client(self) -> Any:
-        """The SDK's ``LabelStudio`` client (created on first use: a bad JWT key fails here)."""
-        if self._client is None:
-            from label_studio_sdk import LabelStudio
+    def is_personal_token(self) -> bool:
+        """Whether the key is a personal access token (a JWT refresh token), not a legacy token."""
+        return _jwt_claims(self.api_key).get("token_type") == "refresh"
 
-            self._client = self.call(
-                lambda: LabelStudio(
-                    base_url=self.url, api_key=self.api_key, httpx_client=self._http, max_retries=0
-                ),
-                "connect",
-            )
-        return self._client
+    def _authorization(self, fresh: bool = False) -> str:
+        """The ``Authorization`` header: the legacy token, or an access token for a personal one."""
+        if not self.is_personal_token:
+            return f"Token {self.api_key}"
+        if self._access is None or fresh:
+            answer = self._http.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key})
+            if answer.status_code != 200:
+                raise _HTTPStatus(answer.status_code, _json_or_none(answer))
+            access = (_json_or_none(answer) or {}).get("access")
+            if not isinstance(access, str):
+                raise _HTTPStatus(401, {"detail": "no access token in the refresh answer"})
+            self._access = access
+        return f"Bearer {self._access}"
 
     def close(self) -> None:
         self._http.close()
@@ -153,8 +165,6 @@ class Connection:
         self, project_id: int, *, query: dict | None = None, fields: str = "all", page_size: int = PAGE_SIZE
     ) -> Iterator[dict]:
         """Every task of a project as a dict, one page in memory at a time."""
-        import json
-
         page = 1
         while True:
             params: dict[str, Any] = {"project": project_id, "page": page, "page_size": page_size}
@@ -163,7 +173,7 @@ class Connection:
             if query:
                 params["query"] = json.dumps(query)
             answer = self.call(
-                lambda p=params: self.get("/api/tasks/", params=p), f"list tasks (page {page})"
+                functools.partial(self.get, "/api/tasks/", params=params), f"list tasks (page {page})"
             )
             if answer is None:
                 return
@@ -208,8 +218,14 @@ class Connection:
         return self._request("PATCH", path, **kwargs)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = self.client._client_wrapper.get_headers()
-        answer = self._http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+        answer = self._http.request(
+            method, f"{self.url}{path}", headers={"Authorization": self._authorization()}, **kwargs
+        )
+        if answer.status_code == 401 and self.is_personal_token:  # the access token expired
+            answer = self._http.request(
+                method, f"{self.url}{path}", headers={"Authorization": self._authorization(fresh=True)},
+                **kwargs,
+            )  # fmt: skip
         if answer.status_code == 404 and method == "GET" and "page" in (kwargs.get("params") or {}):
             return None
         if answer.status_code >= 400:
@@ -238,6 +254,18 @@ class _HTTPStatus(Exception):
         super().__init__(f"HTTP {status_code}")
         self.status_code = status_code
         self.body = body
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT (signature not checked: the server checks it), or {} for another token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _json_or_none(answer: httpx.Response) -> Any:

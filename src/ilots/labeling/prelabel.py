@@ -24,8 +24,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from ilots.errors import IlotsError
-from ilots.io import data_bands, open_georaster
+from ilots.core.errors import IlotsError
+from ilots.core.rasters import data_bands, open_georaster
 from ilots.labeling.connection import Connection
 
 log = logging.getLogger(__name__)

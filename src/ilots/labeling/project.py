@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from ilots.errors import IlotsError
+from ilots.core.errors import IlotsError
 from ilots.labeling.connection import Connection
 
 DEFAULT_TITLE = "ilots"
@@ -30,7 +31,9 @@ def find_project(conn: Connection, title: str) -> dict[str, Any] | None:
     found, page = [], 1
     while True:
         answer = conn.call(
-            lambda p=page: conn.get("/api/projects/", params={"title": title, "page": p, "page_size": 100}),
+            functools.partial(
+                conn.get, "/api/projects/", params={"title": title, "page": page, "page_size": 100}
+            ),
             "list projects",
         )
         if not answer:

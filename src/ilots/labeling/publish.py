@@ -26,6 +26,7 @@ How the server reaches the PNGs (``storage``):
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -40,8 +41,9 @@ from PIL import Image
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from ilots.errors import IlotsError
-from ilots.io import atomic_path, data_bands, open_georaster, valid_mask
+from ilots.core.errors import IlotsError
+from ilots.core.files import atomic_path
+from ilots.core.rasters import data_bands, open_georaster, valid_mask
 from ilots.labeling.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -324,14 +326,19 @@ def _upload_images(conn: Connection, project_id: int, tasks: list[dict]) -> None
         # one form field per file: the server keeps only the last file of a repeated field
         files = [(f"file{i}", (p.name, p.read_bytes(), "image/png")) for i, p in enumerate(paths)]
         answer = conn.call(
-            lambda f=files: conn.post(
-                f"/api/projects/{project_id}/import", files=f, params={"commit_to_project": "false"}
+            functools.partial(
+                conn.post,
+                f"/api/projects/{project_id}/import",
+                files=files,
+                params={"commit_to_project": "false"},
             ),
             f"upload {len(files)} tile(s) to project {project_id}",
         )
         ids = (answer or {}).get("file_upload_ids") or []
         uploads = conn.call(
-            lambda i=ids: conn.get(f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps(i)}),
+            functools.partial(
+                conn.get, f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps(ids)}
+            ),
             f"list the tiles uploaded to project {project_id}",
         )
         # ids come back in the order of the form fields; the server may rename the files (it

@@ -1,0 +1,122 @@
+"""Files every stage writes and reads: atomic writes, JSON, streamed JSON arrays.
+
+Every output is written under a temporary name beside its destination and renamed into place,
+so a crash leaves the previous output (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ijson
+
+from ilots.core.errors import IlotsError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    Works for files and for directories (the block creates whichever it needs).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Read a JSON file, with a clear error when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise IlotsError(f"{what} {path} does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IlotsError(f"{what} {path} is not valid JSON ({exc}); replace it with a valid one.") from exc
+
+
+class NotAnArray(IlotsError):
+    """The JSON file holds something other than an array."""
+
+
+def iter_json_array(path: str | os.PathLike[str], what: str = "file") -> Iterator[Any]:
+    """The items of a JSON array file, one at a time (ijson): memory holds one item, not the file.
+
+    Raises:
+        IlotsError: the file is missing or not valid JSON; :class:`NotAnArray` when it is valid
+            JSON but not an array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IlotsError(f"{what} {path} does not exist.")
+
+    def invalid(reason: object) -> IlotsError:
+        return IlotsError(f"{what} {path} is not valid JSON ({reason}); replace it with a valid one.")
+
+    with path.open("rb") as stream:
+        events = ijson.parse(stream, use_float=True)
+        try:
+            first = next(events, None)
+            if first is None or first[1] != "start_array":
+                # valid JSON of another kind, or not JSON at all: a full parse tells them apart
+                read_json(path, what)
+                raise NotAnArray(f"{what} {path} is not a JSON array.")
+            yield from ijson.items(_chain(first, events), "item")
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            raise invalid(exc) from exc
+
+
+def _chain(
+    first: tuple[str, str, Any], rest: Iterator[tuple[str, str, Any]]
+) -> Iterator[tuple[str, str, Any]]:
+    yield first
+    yield from rest
+
+
+def check_output_folder(folder: Path, setting: str) -> Path:
+    """Check, before any work and without creating anything, that ``folder`` can be an output
+    folder: the nearest existing part of its path is a writable folder.
+
+    Raises:
+        IlotsError: a part of the path is a file, or the folder cannot be written.
+    """
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise IlotsError(
+            f"output folder {folder} cannot be created: {existing} is a file; choose another {setting}."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise IlotsError(f"output folder {folder} cannot be written ({existing}); choose another {setting}.")
+    return folder

@@ -1,0 +1,68 @@
+"""The orthophotos of a project: the one listing every stage uses.
+
+A folder's orthophotos are its regular files ending in ``.tif`` or ``.tiff`` (any case), hidden
+files left out (``._name.tif`` AppleDouble files that macOS leaves on shared drives, partial
+downloads, ilots's own temporary ``.name.part`` files), sorted by name. Each output of a stage is
+named after its orthophoto's stem, so two orthophotos may not share one. A VRT mosaic, or any
+other raster GDAL reads, is used when named explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from ilots.core.errors import IlotsError
+
+SUFFIXES = (".tif", ".tiff")
+
+
+def is_ortho(path: Path) -> bool:
+    """Whether a folder entry is an orthophoto (see the module's rule)."""
+    return path.suffix.lower() in SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def list_orthos(folder: Path) -> list[Path]:
+    """The orthophotos of ``folder``, sorted by name.
+
+    Raises:
+        IlotsError: the folder is missing or holds none, or two orthophotos share a stem.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IlotsError(f"orthophoto folder {folder} does not exist: put your GeoTIFFs there first.")
+    paths = sorted((p for p in folder.iterdir() if is_ortho(p)), key=lambda p: p.name)
+    if not paths:
+        raise IlotsError(f"orthophoto folder {folder} holds no .tif file: put your GeoTIFFs there.")
+    check_unique_stems(paths)
+    return paths
+
+
+def input_rasters(items: Iterable[Path]) -> list[Path]:
+    """Rasters named on a command line: files (GeoTIFFs, VRT mosaics...) or folders (their orthophotos).
+
+    Raises:
+        IlotsError: an item does not exist, a folder holds no orthophoto, two inputs share a stem.
+    """
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths += list_orthos(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise IlotsError(f"input {item} does not exist.")
+    check_unique_stems(paths)
+    return paths
+
+
+def check_unique_stems(paths: Iterable[Path]) -> None:
+    """Fail when two different rasters would write the same ``<stem>.tif`` output."""
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems and stems[path.stem] != path:
+            raise IlotsError(
+                f"orthophotos {stems[path.stem]} and {path} would write the same {path.stem}.tif: "
+                "rename or remove one of them."
+            )
+        stems[path.stem] = path

@@ -1,0 +1,582 @@
+"""The labels stage: a Label Studio JSON export becomes one class-mask GeoTIFF per orthophoto.
+
+Each task of the export is one tile of an orthophoto, published as a PNG. Its ``data`` carries the
+orthophoto's file name (``ortho``), the CRS, the tile's affine ``transform`` and its source
+``window``. The georeference is the truth: the tile's top-left corner, mapped through the inverse of
+the orthophoto's transform, gives its pixel offset; ``window`` is only a cross-check.
+
+Every mask lies on its orthophoto's exact grid (same CRS, transform and size) and holds
+``0`` background, ``1`` tree, ``2`` water, ``3`` roof (the index in ``classes``) and ``255`` where
+nothing was annotated (nodata, ignored downstream).
+
+Policies:
+
+* Cancelled annotations (``was_cancelled: true``, i.e. skipped tasks) are ignored; a task with only
+  cancelled annotations stays unlabeled (255).
+* When a task has several non-cancelled annotations, ``labels.annotators`` decides: ``latest``
+  (default) keeps the latest one (the greatest ``updated_at``, then ``created_at``, then annotation
+  ``id``); ``majority`` rasterizes each and keeps, per pixel, the value most annotations give, a
+  tie going to the latest annotation among the tied values (with two annotators who disagree,
+  the latest wins).
+* An annotation with an empty result means "annotated, nothing there": the whole tile is
+  background (0).
+* Inside a tile, the window is first set to background, then classes are drawn in ``priority``
+  order, so a later class wins where regions overlap (by default a tree over a roof is a tree).
+  Labels ``merge`` maps to another class (``labels.merge: {roof: background}`` for a tree-only
+  model) are drawn first, then classes absent from ``priority``, in ``classes`` order.
+* Where two annotated tiles cover the same pixels, the task with the greater ``id`` wins.
+* Only annotated tasks are checked and rasterized: a task nobody annotated needs no georeference,
+  and may name an orthophoto that is not in the orthophoto folder.
+* Polygons are filled even when left open (``closed: false``); region types that carry no class
+  (``choices``, ``textarea``...) are ignored.
+
+Nothing is written unless every mask can be built: masks go to a temporary folder that replaces
+the output folder only at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio import features
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, NODATA, ClassMap
+from ilots.core.errors import IlotsError
+from ilots.core.files import NotAnArray, atomic_path, iter_json_array
+from ilots.core.orthos import list_orthos
+from ilots.core.rasters import open_georaster, write_raster
+
+ANNOTATOR_POLICIES = ("latest", "majority")
+
+_OFFSET_TOLERANCE_PX = 1e-3
+_PIXEL_SIZE_RTOL = 1e-6
+_COUNT_CHUNK = 1 << 22
+_DRAWN_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """Where one annotated task lies on its orthophoto, and what was drawn on it.
+
+    ``results`` are the regions of the annotations used (oldest first, the latest last) while the
+    export is read; :class:`_Spool` then keeps them on disk and the tile only their place there, so
+    memory does not grow with the project.
+    """
+
+    task_id: int
+    ortho: str
+    crs: str
+    transform: Affine
+    window: Mapping[str, Any] | None
+    results: list[list[dict]] | None = None
+    offset: int = 0
+    length: int = 0
+
+
+class _Spool:
+    """Annotation results set aside in a temporary file while the export is read, reloaded per tile."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()
+
+    def keep(self, tile: _Tile) -> _Tile:
+        blob = json.dumps(tile.results, separators=(",", ":")).encode("utf-8")
+        self.file.seek(0, os.SEEK_END)
+        offset = self.file.tell()
+        self.file.write(blob)
+        return replace(tile, results=None, offset=offset, length=len(blob))
+
+    def results(self, tile: _Tile) -> list[list[dict]]:
+        self.file.seek(tile.offset)
+        return json.loads(self.file.read(tile.length))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def build_masks(
+    export_path: Path,
+    orthos_dir: Path,
+    out_dir: Path,
+    *,
+    class_map: ClassMap | None = None,
+    annotators: str = "latest",
+) -> dict[str, Any]:
+    """Rasterize a Label Studio export onto every orthophoto of a folder.
+
+    Writes ``out_dir/<ortho_stem>.tif`` for every ``*.tif``/``*.tiff`` in ``orthos_dir``: uint8,
+    one band, the orthophoto's grid, nodata 255. ``out_dir`` is replaced as a whole, and only if
+    every mask could be built.
+
+    Args:
+        export_path: Label Studio JSON export (a list of tasks).
+        orthos_dir: Folder holding the orthophotos the tasks were cut from.
+        out_dir: Folder to (re)create with one mask per orthophoto.
+        class_map: The project's classes (a name's index is its value in the masks), the draw
+            priority where regions overlap, and labels merged into a class (``{"roof":
+            "background"}`` for a tree-only model). Default: the four classes of the sample city.
+        annotators: Several annotations on one task: ``latest`` (the latest wins) or ``majority``
+            (per-pixel vote; a tie goes to the latest annotation among the tied values).
+
+    Returns:
+        ``{"tasks": n, "annotated_tasks": n, "orthos": n,
+        "pixels": {class_name: count, ..., "unlabeled": count}}``.
+
+    Raises:
+        IlotsError: unreadable export, no annotation at all, a task without georeference or
+            off the orthophoto's grid, a missing orthophoto, a CRS mismatch, an unknown label.
+    """
+    class_map = class_map or ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
+    if annotators not in ANNOTATOR_POLICIES:
+        raise IlotsError(f"labels.annotators={annotators!r}: use one of {', '.join(ANNOTATOR_POLICIES)}.")
+    export_path, orthos_dir = Path(export_path), Path(orthos_dir)
+    spool = _Spool()
+    try:
+        n_tasks, tiles = _annotated_tiles(
+            _iter_export(export_path), export_path, spool, keep_all=annotators == "majority"
+        )
+        orthos = {path.name: path for path in list_orthos(orthos_dir)}
+        _check_orthos_present(tiles, orthos, orthos_dir)
+        by_ortho: dict[str, list[_Tile]] = defaultdict(list)
+        for tile in sorted(tiles, key=lambda t: t.task_id):
+            by_ortho[tile.ortho].append(tile)
+
+        pixels = dict.fromkeys([*class_map.names, "unlabeled"], 0)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, path in sorted(orthos.items()):
+                mask = _ortho_mask(path, by_ortho.get(name, []), class_map, tmp, spool)
+                _count_pixels(mask, class_map.names, pixels)
+    finally:
+        spool.close()
+    return {
+        "tasks": n_tasks,
+        "annotated_tasks": len(tiles),
+        "orthos": len(orthos),
+        "pixels": pixels,
+    }
+
+
+def rasterize_annotation(
+    result: list[dict],
+    height: int,
+    width: int,
+    class_map: ClassMap,
+    task_id: int,
+) -> np.ndarray:
+    """Rasterize one annotation's results onto its tile.
+
+    Args:
+        result: The annotation's ``result`` list (brush, polygon and rectangle regions).
+        height: Tile height in pixels (the task's window).
+        width: Tile width in pixels.
+        class_map: Label -> value written in the mask, and the order labels are drawn in (a
+            later one wins on overlap).
+        task_id: The task's id, named in error messages.
+
+    Returns:
+        A uint8 ``(height, width)`` mask of class values, 0 (background) where nothing is drawn.
+
+    Raises:
+        IlotsError: a label outside the class map, a resized or rotated image, a bad region.
+    """
+    values = class_map.label_values
+    regions: dict[str, np.ndarray] = {}
+    for item in result:
+        labels = _region_labels(item, values, task_id)
+        if not labels:
+            continue
+        drawn = _draw_region(item, height, width, task_id)
+        for label in labels:
+            regions[label] = regions[label] | drawn if label in regions else drawn
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for label in class_map.draw_order:
+        if label in regions:
+            mask[regions[label]] = values[label]
+    return mask
+
+
+# --------------------------------------------------------------------------- export parsing
+
+
+def _iter_export(export_path: Path) -> Iterator[dict]:
+    """The export's tasks, read one at a time, each checked to be a task with an id."""
+    try:
+        for position, task in enumerate(iter_json_array(export_path, "Label Studio export")):
+            if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+                raise IlotsError(
+                    f"Label Studio export {export_path}: item {position} is not a task with an id: "
+                    "export the project in the JSON format."
+                )
+            yield task
+    except NotAnArray:
+        raise IlotsError(
+            f"Label Studio export {export_path} is not a list of tasks: export the project "
+            "in the JSON format (not JSON_MIN or CSV)."
+        ) from None
+
+
+def _annotated_tiles(
+    tasks: Iterable[dict], export_path: Path, spool: _Spool, *, keep_all: bool = False
+) -> tuple[int, list[_Tile]]:
+    """The number of tasks, and the tasks with a usable annotation (georeference checked, regions
+    set aside in ``spool``): the latest annotation of each, or all of them with ``keep_all``."""
+    tiles, n_tasks = [], 0
+    for task in tasks:
+        n_tasks += 1
+        annotations = _annotations_by_age(task)
+        if annotations:
+            tiles.append(spool.keep(_tile(task, annotations if keep_all else annotations[-1:])))
+    if not tiles:
+        raise IlotsError(
+            f"Label Studio export {export_path} contains no annotation: annotate at least one "
+            "task in Label Studio or check the export."
+        )
+    return n_tasks, tiles
+
+
+def _annotations_by_age(task: Mapping[str, Any]) -> list[dict]:
+    """The task's non-cancelled annotations, oldest first (the latest last)."""
+    annotations = [
+        a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled", False)
+    ]
+    return sorted(annotations, key=_annotation_age)
+
+
+def _annotation_age(annotation: Mapping[str, Any]) -> tuple[datetime, datetime, int]:
+    """Sort key of an annotation: updated_at, then created_at, then id."""
+    ident = annotation.get("id")
+    return (
+        _timestamp(annotation.get("updated_at")),
+        _timestamp(annotation.get("created_at")),
+        ident if isinstance(ident, int) else -1,
+    )
+
+
+def _timestamp(value: Any) -> datetime:
+    """Parse an ISO-8601 timestamp (naive ones read as UTC); missing or bad ones sort first."""
+    if not isinstance(value, str):
+        return _EPOCH
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return _EPOCH
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _tile(task: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]]) -> _Tile:
+    """Read an annotated task's georeference and its annotations' regions."""
+    task_id = task["id"]
+    data = task.get("data") or {}
+    ortho, crs, transform = data.get("ortho"), data.get("crs"), data.get("transform")
+    if not crs or not isinstance(transform, list) or len(transform) not in (6, 9):
+        raise IlotsError(
+            f"task {task_id} has no georeference (data.crs and a 6-number data.transform): "
+            "re-import its tile from the tiles `ilots` made, which carry it."
+        )
+    if not isinstance(ortho, str) or not ortho:
+        raise IlotsError(
+            f"task {task_id} does not name its orthophoto (data.ortho): import tiles made by "
+            "`ilots`, which carry it."
+        )
+    results = [annotation.get("result") or [] for annotation in annotations]
+    if not all(isinstance(result, list) for result in results):
+        raise IlotsError(f"task {task_id}: annotation result is not a list; re-export the project.")
+    window = data.get("window")
+    return _Tile(
+        task_id=task_id,
+        ortho=re.split(r"[\\/]", ortho)[-1],
+        crs=str(crs),
+        transform=_affine(transform, task_id),
+        window=window if isinstance(window, dict) else None,
+        results=results,
+    )
+
+
+def _affine(values: list, task_id: int) -> Affine:
+    """The task's transform as an Affine (a, b, c, d, e, f)."""
+    try:
+        return Affine(*(float(v) for v in values[:6]))
+    except (TypeError, ValueError) as exc:
+        raise IlotsError(
+            f"task {task_id} has a data.transform that is not 6 numbers: re-import its tile from `ilots`."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- orthophotos
+
+
+def _check_orthos_present(tiles: Iterable[_Tile], orthos: Mapping[str, Path], orthos_dir: Path) -> None:
+    """Fail on an annotated task whose orthophoto is not in the folder (its labels would be lost)."""
+    for tile in sorted(tiles, key=lambda t: t.task_id):
+        if tile.ortho not in orthos:
+            raise IlotsError(
+                f"task {tile.task_id} was cut from orthophoto {tile.ortho}, which is not in "
+                f"{orthos_dir}: put it back (or fetch it) so its labels are not lost."
+            )
+
+
+def _ortho_mask(
+    path: Path,
+    tiles: list[_Tile],
+    class_map: ClassMap,
+    out_dir: Path,
+    spool: _Spool,
+) -> np.ndarray:
+    """Paint the tiles of one orthophoto (in task id order) and write its mask into out_dir."""
+    with open_georaster(path) as src:
+        crs, transform, height, width = src.crs, src.transform, src.height, src.width
+    mask = np.full((height, width), NODATA, dtype=np.uint8)
+    for ref in tiles:
+        tile = replace(ref, results=spool.results(ref))
+        _check_crs(tile, crs, path)
+        row, col, tile_h, tile_w = _tile_window(tile, transform, path)
+        tile_mask = _vote(
+            [
+                rasterize_annotation(result, tile_h, tile_w, class_map, tile.task_id)
+                for result in tile.results or []
+            ]
+        )
+        _paste(mask, tile_mask, row, col, tile, path)
+    dest = out_dir / f"{path.stem}.tif"
+    write_raster(dest, mask, {"crs": crs, "transform": transform, "nodata": NODATA}, CLASSES=class_map.tag())
+    with rasterio.open(dest, "r+") as dst:
+        dst.set_band_description(1, "class")
+    return mask
+
+
+def _check_crs(tile: _Tile, ortho_crs: CRS, ortho_path: Path) -> None:
+    """Fail when the task's CRS is not the orthophoto's."""
+    try:
+        task_crs = CRS.from_user_input(tile.crs)
+    except CRSError as exc:
+        raise IlotsError(
+            f"task {tile.task_id} has an unreadable CRS {tile.crs!r}: re-import its tile from `ilots`."
+        ) from exc
+    if task_crs != ortho_crs:
+        raise IlotsError(
+            f"task {tile.task_id} is in {tile.crs} but its orthophoto {ortho_path.name} is in "
+            f"{ortho_crs}: re-cut the tiles from this orthophoto or use the one they came from."
+        )
+
+
+def _tile_window(tile: _Tile, ortho_transform: Affine, ortho_path: Path) -> tuple[int, int, int, int]:
+    """Row and column offset and size of the tile on the orthophoto grid, from its georeference."""
+    t, o = tile.transform, ortho_transform
+    scale = max(abs(o.a), abs(o.e), abs(o.b), abs(o.d))
+    pairs = zip((t.a, t.b, t.d, t.e), (o.a, o.b, o.d, o.e), strict=True)
+    if any(abs(p - q) > _PIXEL_SIZE_RTOL * scale for p, q in pairs):
+        raise IlotsError(
+            f"task {tile.task_id} has pixels of {t.a:g} x {t.e:g} but orthophoto {ortho_path.name} "
+            f"has {o.a:g} x {o.e:g}: re-cut the tiles from this orthophoto at full resolution."
+        )
+    col_f, row_f = ~o @ (t.c, t.f)
+    col, row = round(col_f), round(row_f)
+    if abs(col_f - col) > _OFFSET_TOLERANCE_PX or abs(row_f - row) > _OFFSET_TOLERANCE_PX:
+        raise IlotsError(
+            f"task {tile.task_id} starts at pixel ({col_f:.4f}, {row_f:.4f}) of orthophoto "
+            f"{ortho_path.name}, off its grid: re-cut the tiles from this orthophoto."
+        )
+    tile_h, tile_w = _tile_size(tile, col, row, ortho_path)
+    return row, col, tile_h, tile_w
+
+
+def _tile_size(tile: _Tile, col: int, row: int, ortho_path: Path) -> tuple[int, int]:
+    """The tile's size: its window's, cross-checked against its georeference."""
+    window = tile.window
+    if window is None:
+        return _size_from_results(tile)
+    try:
+        w_col, w_row = int(window["col_off"]), int(window["row_off"])
+        w_width, w_height = int(window["width"]), int(window["height"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IlotsError(
+            f"task {tile.task_id} has a malformed data.window (needs col_off, row_off, width, "
+            "height): re-import its tile from `ilots`."
+        ) from exc
+    if (w_col, w_row) != (col, row):
+        raise IlotsError(
+            f"task {tile.task_id}: its transform puts it at column {col}, row {row} of "
+            f"{ortho_path.name} but its window says column {w_col}, row {w_row}: re-import its "
+            "tile from `ilots`."
+        )
+    if w_width <= 0 or w_height <= 0:
+        raise IlotsError(f"task {tile.task_id} has an empty data.window: re-import its tile.")
+    return w_height, w_width
+
+
+def _size_from_results(tile: _Tile) -> tuple[int, int]:
+    """Tile size from the results' original_height/width when the task has no window."""
+    for item in (tile.results or [[]])[-1]:
+        height, width = item.get("original_height"), item.get("original_width")
+        if isinstance(height, int) and isinstance(width, int):
+            return height, width
+    raise IlotsError(
+        f"task {tile.task_id} has neither a data.window nor a drawn region giving its size: "
+        "re-import its tile from `ilots`."
+    )
+
+
+def _paste(mask: np.ndarray, tile_mask: np.ndarray, row: int, col: int, tile: _Tile, path: Path) -> None:
+    """Copy a tile's mask onto the orthophoto mask, clipped to the orthophoto."""
+    r0, c0 = max(row, 0), max(col, 0)
+    r1 = min(row + tile_mask.shape[0], mask.shape[0])
+    c1 = min(col + tile_mask.shape[1], mask.shape[1])
+    if r0 >= r1 or c0 >= c1:
+        raise IlotsError(
+            f"task {tile.task_id} lies outside orthophoto {path.name}: check that data.ortho "
+            "names the orthophoto it was cut from."
+        )
+    mask[r0:r1, c0:c1] = tile_mask[r0 - row : r1 - row, c0 - col : c1 - col]
+
+
+def _count_pixels(mask: np.ndarray, classes: Sequence[str], pixels: dict[str, int]) -> None:
+    """Add the mask's per-class pixel counts to ``pixels``."""
+    counts = np.zeros(256, dtype=np.int64)
+    flat = mask.reshape(-1)
+    for start in range(0, flat.size, _COUNT_CHUNK):  # bincount widens to int64: bound the copy
+        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=256)
+    for value, name in enumerate(classes):
+        pixels[name] += int(counts[value])
+    pixels["unlabeled"] += int(counts[NODATA])
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _vote(masks: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel majority of the annotations' masks (oldest first); a tie goes to the latest of the
+    tied values' annotations. One mask is returned as it is."""
+    winner = masks[-1].copy()
+    if len(masks) == 1:
+        return winner
+    stack = np.stack(masks)
+    votes = [(stack == mask).sum(axis=0) for mask in masks]  # votes for each annotation's value
+    best = np.max(votes, axis=0)
+    decided = votes[-1] == best
+    for mask, count in zip(masks[-2::-1], votes[-2::-1], strict=True):
+        take = ~decided & (count == best)
+        winner[take] = mask[take]
+        decided |= take
+    return winner
+
+
+def _region_labels(item: Mapping[str, Any], class_index: Mapping[str, int], task_id: int) -> list[str]:
+    """The class names of one result; empty for results that carry no class."""
+    value = item.get("value") if isinstance(item, dict) else None
+    if not isinstance(value, dict):
+        return []
+    kind = item.get("type")
+    label_keys = [k for k in value if k.endswith("labels")]
+    if kind not in _DRAWN_TYPES:
+        if label_keys:
+            raise IlotsError(
+                f"task {task_id} has a {kind} region, which `ilots` cannot rasterize: use brush, "
+                "polygon or rectangle labels in the labeling config."
+            )
+        return []
+    labels = value.get(kind) or []
+    for label in labels:
+        if label not in class_index:
+            raise IlotsError(
+                f"task {task_id} uses label {label!r}, not one of the classes "
+                f"({', '.join(class_index)}): fix the labeling config or `classes` (conf/config.yaml)."
+            )
+    return list(labels)
+
+
+def _draw_region(item: Mapping[str, Any], height: int, width: int, task_id: int) -> np.ndarray:
+    """Boolean (height, width) mask of one brush, polygon or rectangle region."""
+    _check_image_size(item, height, width, task_id)
+    value, kind = item["value"], item["type"]
+    try:
+        if kind == "brushlabels":
+            return _brush(value, height, width)
+        if kind == "polygonlabels":
+            points = [(x / 100 * width, y / 100 * height) for x, y in value.get("points") or []]
+        else:
+            points = _rectangle_corners(value, height, width)
+        return _fill(points, height, width)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise IlotsError(
+            f"task {task_id} has a malformed {kind} region ({type(exc).__name__}: {exc}): "
+            "redraw it in Label Studio or re-export the project."
+        ) from exc
+
+
+def _check_image_size(item: Mapping[str, Any], height: int, width: int, task_id: int) -> None:
+    """Fail when the annotated image was not the tile's size, or was rotated."""
+    orig_h = item.get("original_height", height)
+    orig_w = item.get("original_width", width)
+    if (orig_h, orig_w) != (height, width):
+        raise IlotsError(
+            f"task {task_id} was annotated on a {orig_w} x {orig_h} image but its window is "
+            f"{width} x {height}: the image was resized; publish tiles at full resolution."
+        )
+    if item.get("image_rotation") not in (None, 0, 0.0):
+        raise IlotsError(
+            f"task {task_id} was annotated on a rotated image: disable image rotation "
+            "(rotateControl) in the labeling config and redo it."
+        )
+
+
+def _brush(value: Mapping[str, Any], height: int, width: int) -> np.ndarray:
+    """Decode a brush RLE: drawn where alpha > 127."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    if value.get("format", "rle") != "rle":
+        raise ValueError(f"brush format {value.get('format')!r} is not 'rle'")
+    alpha = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3]
+    return alpha > 127
+
+
+def _rectangle_corners(value: Mapping[str, Any], height: int, width: int) -> list[tuple[float, float]]:
+    """Pixel corners of a rectangle, rotated clockwise (degrees) around its top-left corner."""
+    x0, y0 = value["x"] / 100 * width, value["y"] / 100 * height
+    w, h = value["width"] / 100 * width, value["height"] / 100 * height
+    angle = math.radians(value.get("rotation") or 0)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # y points down, so a positive angle turns the x axis towards +y: clockwise on screen.
+    return [
+        (x0, y0),
+        (x0 + w * cos, y0 + w * sin),
+        (x0 + w * cos - h * sin, y0 + w * sin + h * cos),
+        (x0 - h * sin, y0 + h * cos),
+    ]
+
+
+def _fill(points: list[tuple[float, float]], height: int, width: int) -> np.ndarray:
+    """Pixels whose centre lies inside the polygon (identity transform, all_touched=False)."""
+    if len(points) < 3:
+        return np.zeros((height, width), dtype=bool)
+    ring = [*points, points[0]]
+    shape = {"type": "Polygon", "coordinates": [ring]}
+    burned = features.rasterize(
+        [(shape, 1)],
+        out_shape=(height, width),
+        transform=Affine.identity(),
+        fill=0,
+        all_touched=False,
+        dtype=np.uint8,
+    )
+    return burned.astype(bool)

@@ -1,0 +1,59 @@
+"""The forward pass: device choice, batches through the segmenter with optional flip TTA, and the
+fingerprint of a model's weights that resumed outputs are checked against."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from numpy.typing import NDArray
+
+from ilots.core.errors import IlotsError
+from ilots.models.bundle import Segmenter
+
+
+def resolve_device(device: str, rank: int = 0) -> str:
+    """``auto`` -> ``cuda`` when there is a GPU, else ``cpu``; worker ``rank`` gets GPU ``rank % count``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise IlotsError(f"predict.device={device} but torch sees no GPU here: use --device cpu.")
+        if device == "cuda":
+            device = f"cuda:{rank % torch.cuda.device_count()}"
+    return device
+
+
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def forward(segmenter: Segmenter, batch: NDArray[Any], *, tta: bool, precision: str) -> NDArray[Any]:
+    """Class probabilities (N, classes, H, W) float32 for a raw batch, averaged over flips with ``tta``."""
+    image = torch.from_numpy(batch)
+    device = segmenter.device
+    if device.type == "cuda":
+        image = image.pin_memory().to(device, non_blocking=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with autocast, torch.inference_mode():
+        probs = None
+        for dims in TTA_FLIPS if tta else ((),):
+            flipped = torch.flip(image, dims) if dims else image
+            p = segmenter.predict_proba(flipped)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        if tta:
+            probs = probs / len(TTA_FLIPS)
+    return probs.float().cpu().numpy()
+
+
+def model_fingerprint(segmenter: Segmenter) -> str:
+    """A digest of the network's class, weights and metadata: what the resume signature trusts."""
+    digest = hashlib.sha256(type(segmenter.net).__qualname__.encode())
+    digest.update(json.dumps(segmenter.meta, sort_keys=True, default=str).encode())
+    for name, tensor in segmenter.net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""How to predict: the options of ``ilots predict``, checked once, where they are made."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ilots.core.errors import IlotsError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """How to predict; ``window``, ``overlap``, ``tta``, ``precision`` and ``probabilities`` change
+    the result (they enter the resume signature), the others only the speed.
+
+    Raises:
+        IlotsError: on construction, for settings that cannot work.
+    """
+
+    window: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    tta: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    probabilities: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    devices: int = 1
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.batch_size < 1 or self.devices < 1:
+            raise IlotsError("predict.window, predict.batch_size and predict.devices must be positive.")
+        if not 0 <= self.overlap < self.window:
+            raise IlotsError(
+                f"predict.overlap={self.overlap} must lie in [0, predict.window={self.window}): lower it."
+            )
+        if self.precision not in PRECISIONS:
+            raise IlotsError(f"predict.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}.")
+
+    @classmethod
+    def from_settings(cls, *layers: Mapping[str, Any]) -> PredictOptions:
+        """Options from settings layers, a later layer's non-None value winning (config, then
+        command line); keys that are not options are left out."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            for layer in layers:
+                if layer.get(field.name) is not None:
+                    values[field.name] = type(getattr(cls(), field.name))(layer[field.name])
+        return cls(**values)
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that change the output pixels."""
+        return {
+            "window": self.window,
+            "overlap": self.overlap,
+            "tta": self.tta,
+            "precision": self.precision,
+            "probabilities": self.probabilities,
+        }

@@ -1,0 +1,57 @@
+"""Resuming prediction: each output records a signature of the model weights, the options that
+change the result and the input file; a rerun skips an input whose outputs carry the same
+signature (``--overwrite`` redoes it), and removes what a killed run left half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from ilots.inference.options import PredictOptions
+
+OUTPUT_FORMAT = "ilots-predict/2"
+PROBABILITY_DIR = "probabilities"
+
+
+def signature(fingerprint: str, options: PredictOptions, src_path: Path) -> str:
+    """What an output must record to be reused: model weights, result options, input file."""
+    stat = src_path.stat()
+    record = {
+        "format": OUTPUT_FORMAT,
+        "model": fingerprint,
+        "options": options.result_options(),
+        "input": {"name": src_path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(dests: Sequence[Path], expected: str) -> bool:
+    """Whether every output exists and records the ``expected`` signature."""
+    for dest in dests:
+        if not dest.is_file():
+            return False
+        try:
+            with rasterio.open(dest) as done:
+                if done.tags().get("ILOTS_SIGNATURE") != expected:
+                    return False
+        except RasterioIOError:
+            return False
+    return True
+
+
+def output_paths(src_path: Path, out_dir: Path, probabilities: bool) -> list[Path]:
+    """The class raster, then the probability raster when asked for."""
+    return [out_dir / f"{src_path.stem}.tif"] + (
+        [out_dir / PROBABILITY_DIR / f"{src_path.stem}.tif"] if probabilities else []
+    )
+
+
+def remove_stale_parts(dest: Path) -> None:
+    """Temporary files left beside ``dest`` by a killed run."""
+    for part in dest.parent.glob(f".{dest.name}.*.part*"):
+        part.unlink(missing_ok=True)

@@ -1,0 +1,198 @@
+"""Predicting whole orthophotos, streamed window by window into Cloud-Optimized GeoTIFFs.
+
+Peak memory does not grow with the raster (see :mod:`ilots.inference.blending`). A reader thread
+reads the next batches (its own dataset handle), the calling thread runs the forward pass (torch
+releases the GIL), a writer thread blends, masks and writes finished blocks (its own handles);
+each stage hands the next one a bounded number of batches. Blocks go to a tiled GeoTIFF under a
+temporary name, which is then copied to a COG with overviews (mode for classes, average for
+probabilities) and renamed into place: a killed run leaves no output half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from numpy.typing import NDArray
+from rasterio.io import DatasetReader
+
+from ilots.core.classes import NODATA, ClassMap
+from ilots.core.errors import IlotsError
+from ilots.core.files import atomic_path
+from ilots.core.orthos import check_unique_stems
+from ilots.core.rasters import data_bands, open_georaster, write_cog
+from ilots.inference.blending import Frontier
+from ilots.inference.forward import forward, model_fingerprint, resolve_device
+from ilots.inference.grid import WindowGrid
+from ilots.inference.options import PredictOptions
+from ilots.inference.resume import is_complete, output_paths, remove_stale_parts, signature
+from ilots.inference.writer import BlockWriter, output_profile
+from ilots.models.bundle import Segmenter
+
+log = logging.getLogger("ilots.predict")
+
+GDAL_CACHE_MB = 256  # GDAL's block cache while writing: bounds the partly written tiles kept in memory
+PREFETCH = 2  # batches read ahead of the forward pass
+
+
+class _Pipeline:
+    """Reader thread -> forward pass (calling thread) -> writer thread, each a bounded hand-over."""
+
+    def __init__(
+        self, read: Callable[[Any], NDArray[Any]], write: Callable[[Any, NDArray[Any]], None]
+    ) -> None:
+        self.read, self.write = read, write
+
+    def run(self, batches: Sequence[Any], infer: Callable[[NDArray[Any]], NDArray[Any]]) -> None:
+        with ThreadPoolExecutor(1, "ilots-read") as reader, ThreadPoolExecutor(1, "ilots-write") as writer:
+            reads: queue.SimpleQueue[Future[NDArray[Any]]] = queue.SimpleQueue()
+            for keys in batches[:PREFETCH]:
+                reads.put(reader.submit(self.read, keys))
+            pending: Future[None] | None = None
+            try:
+                for n, keys in enumerate(batches):
+                    batch = reads.get().result()
+                    if n + PREFETCH < len(batches):
+                        reads.put(reader.submit(self.read, batches[n + PREFETCH]))
+                    probs = infer(batch)
+                    del batch
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(self.write, keys, probs)
+                if pending is not None:
+                    pending.result()
+            finally:
+                while not reads.empty():
+                    reads.get().cancel()
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def check_bands(src: DatasetReader, src_path: Path, segmenter: Segmenter) -> tuple[list[int], int | None]:
+    """The input's data bands and alpha band; a clear error when they do not match the model."""
+    bands, alpha = data_bands(src, segmenter.in_channels)
+    if len(bands) != segmenter.in_channels:
+        raise IlotsError(
+            f"orthophoto {src_path} has {len(bands)} bands but the model expects {segmenter.in_channels} "
+            f"({', '.join(segmenter.band_names)}): use orthophotos with the bands it was trained on."
+        )
+    return bands, alpha
+
+
+def predict_raster(
+    segmenter: Segmenter,
+    src_path: Path,
+    dest: Path,
+    options: PredictOptions | None = None,
+    *,
+    probabilities: Path | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """Predict one orthophoto into a class COG on the same grid (and, with ``probabilities``, a
+    per-class probability COG there); return pixel counts per class."""
+    options = options or PredictOptions()
+    class_map = ClassMap(tuple(segmenter.classes))
+    with open_georaster(src_path) as src:
+        bands, alpha = check_bands(src, src_path, segmenter)
+        grid = WindowGrid(src.height, src.width, options.window, options.overlap)
+        class_profile = output_profile(src, 1, NODATA)
+        proba_profile = output_profile(src, len(class_map), None)
+    keys = grid.keys()
+    size = options.batch_size
+    batches = [keys[n : n + size] for n in range(0, len(keys), size)]
+    all_tags = {"CLASSES": class_map.tag(), "NODATA_CLASS": str(NODATA), **(tags or {})}
+    with contextlib.ExitStack() as stack:
+        class_tmp = stack.enter_context(atomic_path(dest))
+        proba_tmp = stack.enter_context(atomic_path(probabilities)) if probabilities else None
+        raws = [class_tmp.with_name(class_tmp.name + ".raw.tif")]
+        raws += [proba_tmp.with_name(proba_tmp.name + ".raw.tif")] if proba_tmp else []
+        stack.callback(_remove, raws)
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True))
+        reader = stack.enter_context(rasterio.open(src_path))
+        source = stack.enter_context(rasterio.open(src_path))
+        out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
+        proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
+        frontier = Frontier(dest.parent)
+        stack.callback(frontier.close)
+        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map))
+
+        def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
+            return np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
+
+        _Pipeline(read, writer.add_batch).run(
+            batches, lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision)
+        )
+        out.write_colormap(1, class_map.colour_table())
+        out.set_band_description(1, "class")
+        out.update_tags(**all_tags)
+        out.close()
+        if proba is not None and proba_tmp is not None:
+            for b, name in enumerate(class_map.names, start=1):
+                proba.set_band_description(b, f"p({name})")
+            proba.update_tags(**all_tags, SCALE="probability x 255")
+            proba.close()
+            write_cog(raws[1], proba_tmp, "AVERAGE")
+        write_cog(raws[0], class_tmp, "MODE")
+        with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
+            aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
+    names = {**dict(enumerate(class_map.names)), NODATA: "nodata"}
+    return {names[i]: int(writer.counts[i]) for i in names if writer.counts[i]}
+
+
+def predict_one(
+    segmenter: Segmenter, src_path: Path, out_dir: Path, options: PredictOptions, model_uri: str, fp: str
+) -> dict[str, Any]:
+    """Predict one input unless its outputs are already complete; its summary entry."""
+    dests = output_paths(src_path, out_dir, options.probabilities)
+    expected = signature(fp, options, src_path)
+    if not options.overwrite and is_complete(dests, expected):
+        log.info("%s: outputs complete, skipped (use --overwrite to redo)", src_path.name)
+        return {"skipped": True}
+    for dest in dests:
+        remove_stale_parts(dest)
+    log.info("%s: predicting into %s", src_path.name, dests[0])
+    counts = predict_raster(
+        segmenter,
+        src_path,
+        dests[0],
+        options,
+        probabilities=dests[1] if options.probabilities else None,
+        tags={
+            "ILOTS_SIGNATURE": expected,
+            "ILOTS_MODEL": model_uri,
+            "ILOTS_OPTIONS": json.dumps(options.result_options(), sort_keys=True),
+        },
+    )
+    return {"pixels": counts}
+
+
+def predict_orthos(
+    segmenter: Segmenter,
+    orthos: Sequence[Path],
+    out_dir: Path,
+    options: PredictOptions | None = None,
+    *,
+    model_uri: str = "",
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Predict this rank's share of the orthophotos (inputs rank, rank + world_size, ...) into
+    ``out_dir/<stem>.tif``."""
+    options = options or PredictOptions()
+    check_unique_stems(orthos)
+    segmenter.to(resolve_device(options.device, rank))
+    fp = model_fingerprint(segmenter)
+    return {
+        p.name: predict_one(segmenter, p, out_dir, options, model_uri, fp) for p in orthos[rank::world_size]
+    }

@@ -1,0 +1,311 @@
+"""The pipeline's stages as ``ilots`` commands (one per ``dvc.yaml`` stage, same name), and
+``ilots summary``. Each reads its settings from the configuration and calls library code with
+plain values."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ilots.core.classes import ClassMap
+from ilots.core.errors import IlotsError
+from ilots.core.files import read_json, write_json
+from ilots.core.paths import project_root, resolve_path
+from ilots.pipeline.commands import command
+from ilots.pipeline.config import to_dict
+
+log = logging.getLogger("ilots")
+
+
+def class_map(cfg: DictConfig) -> ClassMap:
+    """The project's class map: ``classes``, ``labels.priority`` and ``labels.merge``."""
+    return ClassMap.from_config(
+        list(cfg.classes), list(cfg.labels.priority), dict(cfg.labels.get("merge") or {})
+    )
+
+
+@command(
+    "labels",
+    "Label Studio export -> one georeferenced mask GeoTIFF per orthophoto "
+    "(pulled from the server when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set).",
+)
+def labels(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    return run_labels(cfg)
+
+
+def run_labels(cfg: DictConfig, project_id: int | None = None) -> dict[str, Any]:
+    """The labels stage: pull the export when a server is configured, then rasterize it."""
+    from ilots.data.labels import build_masks
+
+    root = project_root()
+    export = resolve_path(root, cfg.labels.export)
+    url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if url and key:
+        from ilots.labeling.export import pull_export
+
+        project = int(project_id if project_id is not None else cfg.labels.project_id)
+        log.info("pulling the export of project %s from %s", project, url)
+        pull_export(url, key, project, export)
+    return build_masks(
+        export,
+        resolve_path(root, cfg.labels.orthos),
+        resolve_path(root, cfg.labels.out),
+        class_map=class_map(cfg),
+        annotators=str(cfg.labels.get("annotators", "latest")),
+    )
+
+
+@command("tiles", "orthophotos + masks -> training chips with a spatially separated split.")
+def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.data.tiles import cut_tiles
+
+    root, t = project_root(), cfg.tiles
+    return cut_tiles(
+        resolve_path(root, t.orthos),
+        resolve_path(root, t.masks),
+        resolve_path(root, t.out),
+        size=t.size,
+        overlap=t.overlap,
+        block=t.block,
+        split=to_dict(t.split),
+        min_annotated=t.min_annotated,
+        classes=list(cfg.classes),
+        seed=int(cfg.seed),
+    )
+
+
+def sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra sweep syntax (``model=unet,fpn lr=range(...)``) -> every combination of plain overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise IlotsError(f"overrides {list(overrides)} cannot be parsed: {exc}") from exc
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [str(o.input_line)]
+        for o in parsed
+    ]
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _multirun_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--multirun", action="store_true", help="run every combination of a,b,c overrides")
+
+
+@command(
+    "train",
+    "train the configured segmenter; log the run and the model to MLflow.",
+    arguments=_multirun_argument,
+    config="overrides",
+)
+def train(args: argparse.Namespace, cfg: DictConfig) -> Any:
+    from ilots.pipeline.config import compose, stage_config
+    from ilots.pipeline.train import train as train_cfg
+
+    if not args.multirun:
+        result = train_cfg(stage_config(args.params, args.overrides))
+        return None if "rank" in result else result  # under DDP only rank 0 reports
+    if args.params:
+        raise IlotsError(
+            "--multirun composes conf/: use it without --params (or sweep with `dvc exp run --queue`)."
+        )
+    results: list[dict[str, Any]] = []
+    for combo in sweep(args.overrides):
+        log.info("multirun %d: %s", len(results) + 1, " ".join(combo))
+        results.append({"overrides": combo, **train_cfg(compose(combo))})
+    return results
+
+
+def train_run(root: Path, cfg: DictConfig) -> dict[str, Any]:
+    """The training record the train stage wrote."""
+    return read_json(  # type: ignore[no-any-return]
+        resolve_path(root, cfg.paths.experiments) / "train" / "run.json",
+        "training record (run `ilots train` first)",
+    )
+
+
+@command("evaluate", "score the trained model on the test chips: metrics JSON + confusion plot.")
+def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.tracking.pyfunc import load_segmenter
+    from ilots.tracking.store import setup_mlflow
+    from ilots.training.evaluate import evaluate as evaluate_model
+
+    root = project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    run = train_run(root, cfg)
+    return evaluate_model(
+        load_segmenter(run["model_uri"]),
+        resolve_path(root, cfg.tiles.out),
+        resolve_path(root, cfg.evaluate.out),
+        batch_size=int(cfg.evaluate.batch_size),
+        ignore_index=int(cfg.ignore_index),
+        run_id=run["run_id"],
+    )
+
+
+@command("register", "register the model in MLflow; move the champion alias if it is not worse.")
+def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.tracking.registry import register as register_model
+    from ilots.tracking.store import setup_mlflow
+
+    root = project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    run = train_run(root, cfg)
+    metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
+    metrics = read_json(metrics_path, "evaluation metrics (run `ilots evaluate` first)")
+    metric = str(cfg.register.metric)
+    if metrics["test"].get(metric) is None:
+        raise IlotsError(f"register.metric={metric} is not among the test metrics of {metrics_path}.")
+    result = register_model(
+        run["model_uri"],
+        float(metrics["test"][metric]),
+        name=cfg.register.model_name,
+        alias=cfg.register.alias,
+        min_gain=float(cfg.register.min_gain),
+        metric=metric,
+        challenger_alias=cfg.register.challenger_alias,
+        run_id=run["run_id"],
+    )
+    write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
+    return result
+
+
+@command("baseline", "the frugal baseline: a per-pixel random forest, scored on the test chips.")
+def baseline(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.tracking.registry import register as register_model
+    from ilots.tracking.store import setup_mlflow
+    from ilots.training.baseline import log_baseline, train_baseline
+
+    root, b = project_root(), cfg.baseline
+    model, result, cm = train_baseline(
+        resolve_path(root, cfg.tiles.out), classes=list(cfg.classes), pixels=int(b.pixels),
+        trees=int(b.trees), max_depth=b.max_depth, seed=int(cfg.seed), ignore_index=int(cfg.ignore_index),
+    )  # fmt: skip
+    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
+    params = {"pixels": b.pixels, "trees": b.trees, "max_depth": b.max_depth, "seed": cfg.seed}
+    uri = log_baseline(model, result, cm, params)
+    metric = str(cfg.register.metric)
+    reg = register_model(uri, float(result[metric]), name=f"{cfg.register.model_name}-baseline",
+                         alias=cfg.register.alias, min_gain=0.0, metric=metric)  # fmt: skip
+    scores = {k: round(v, 4) if v == v else None for k, v in result.items()}
+    write_json(resolve_path(root, b.out) / "metrics.json", {"test": scores, "confusion": cm.tolist(),
+               "classes": list(cfg.classes), "model": reg["name"], "version": reg["version"]})  # fmt: skip
+    return scores
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``ilots predict`` options beyond ``--params`` and overrides (unset: the config's value)."""
+    parser.add_argument("--model", help="MLflow model URI or bundle folder (default: predict.model_uri)")
+    parser.add_argument("--out", help="output folder (default: predict.out)")
+    parser.add_argument("--window", type=int, help="window size in px (default: predict.window)")
+    parser.add_argument("--overlap", type=int, help="overlap of windows in px (default: predict.overlap)")
+    parser.add_argument(
+        "--batch-size", type=int, help="windows per forward pass (default: predict.batch_size)"
+    )
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: predict.device or auto)")
+    parser.add_argument("--devices", type=int, help="worker processes / GPUs sharing the inputs (default 1)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast (default: fp32)")
+    parser.add_argument("--tta", action="store_true", default=None, help="average over flips (4x slower)")
+    parser.add_argument(
+        "--probabilities", action="store_true", default=None, help="also write per-class probability COGs"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", default=None, help="redo outputs that are already complete"
+    )
+
+
+@command(
+    "predict",
+    "the champion model on every orthophoto: one class GeoTIFF each.",
+    arguments=_predict_arguments,
+    inputs=True,
+)
+def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
+    """``ilots predict [INPUT ...] [--model URI] [--out DIR] [--window N] ... [key=value ...]``."""
+    from ilots.core.files import check_output_folder
+    from ilots.core.orthos import input_rasters
+    from ilots.inference.distributed import launcher_rank, predict_distributed, predict_launched
+    from ilots.inference.options import PredictOptions
+    from ilots.inference.runner import predict_orthos
+    from ilots.tracking.pyfunc import load_segmenter
+    from ilots.tracking.store import setup_mlflow
+
+    root = project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    options = PredictOptions.from_settings(to_dict(cfg.predict), vars(args))
+    orthos = input_rasters([Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)])
+    out_dir = check_output_folder(
+        Path(args.out) if args.out else resolve_path(root, cfg.predict.out), "--out"
+    )
+    model_uri = args.model or cfg.predict.model_uri
+    segmenter = load_segmenter(model_uri)
+    rank, world_size = launcher_rank()
+    if world_size > 1:
+        summary = predict_launched(segmenter, orthos, out_dir, options, model_uri, rank, world_size)
+        if summary is None:
+            return None
+    elif options.devices > 1:
+        summary = predict_distributed(segmenter, orthos, out_dir, options, model_uri)
+    else:
+        summary = predict_orthos(segmenter, orthos, out_dir, options, model_uri=model_uri)
+    write_json(out_dir / "summary.json", {"model": model_uri, "rasters": summary})
+    return summary
+
+
+def _iou_line(metrics_path: Path, classes: Sequence[str]) -> str:
+    """``tree 0.937, water 0.951, ... (mIoU 0.891)`` from a metrics JSON's test scores."""
+    test = json.loads(metrics_path.read_text())["test"]
+    ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in classes if test.get(f"iou_{c}") is not None)
+    return f"{ious} (mIoU {test['miou']:.3f})"
+
+
+@command("summary", "print where the results are: metrics, registered model, predictions, MLflow UI.")
+def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
+    from ilots.tracking.store import redact, tracking_uri
+
+    root = project_root()
+    exp = resolve_path(root, cfg.paths.experiments)
+    lines = ["", "ilots: results"]
+    metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
+    if metrics_path.is_file():
+        lines.append(f"  test IoU        {_iou_line(metrics_path, cfg.classes)}")
+        lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
+    baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
+    if baseline_path.is_file():
+        lines.append(f"  baseline IoU    {_iou_line(baseline_path, cfg.classes)}, per-pixel random forest")
+    registered = resolve_path(root, cfg.register.out) / "registered.json"
+    if registered.is_file():
+        reg = json.loads(registered.read_text())
+        lines.append(
+            f"  model           {reg['name']} version {reg['version']}"
+            f" ({'now' if reg['promoted'] else 'not'} @{cfg.register.alias};"
+            f" champion is version {reg['champion_version']})"
+        )
+    out = resolve_path(root, cfg.predict.out)
+    rasters = sorted(out.glob("*.tif")) if out.is_dir() else []
+    shown = out.relative_to(root) if out.is_relative_to(root) else out
+    lines.append(f"  predictions     {len(rasters)} class GeoTIFF(s) in {shown}/")
+    lines += [f"                  {p.name}" for p in rasters[:10]]
+    uri = tracking_uri(cfg.logger.tracking_uri, root)
+    if uri.startswith("sqlite:"):
+        lines.append(
+            f"  browse runs     uv run mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+        )
+    else:
+        lines.append(f"  browse runs     your MLflow server at {redact(uri)}")
+    lines.append(
+        f"  experiment      {cfg.logger.experiment_name}; all run outputs under {exp.relative_to(root)}/"
+    )
+    print("\n".join(lines))

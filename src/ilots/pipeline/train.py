@@ -1,0 +1,105 @@
+"""The train stage's entry point: the configuration becomes a data module, a network, a loss, an
+optimizer and a trainer, which :func:`ilots.training.fit.fit` fits and packages.
+
+``train(cfg)`` is what ``ilots train key=value ...`` and the tests call.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ilots.core.errors import IlotsError
+from ilots.core.paths import project_root, resolve_path
+from ilots.data.chips import ChipDataModule
+from ilots.models.losses import auto_class_weights
+from ilots.models.module import SegmentationModule
+from ilots.models.nets import build_net
+from ilots.pipeline.config import build, to_dict
+from ilots.tracking.store import setup_mlflow
+from ilots.training.fit import FitSettings, fit
+
+log = logging.getLogger(__name__)
+
+
+def build_loss(cfg: DictConfig, datamodule: ChipDataModule) -> torch.nn.Module:
+    """The configured loss; ``class_weights: auto`` becomes weights from the train label frequencies."""
+    loss_cfg = to_dict(cfg.loss)
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("class_weights") == "auto":
+                node = {**node, "class_weights": auto_class_weights(datamodule.class_frequencies().tolist())}
+                log.info("class weights from label frequencies: %s", node["class_weights"])
+            return {k: resolve(v) for k, v in node.items()}
+        return node
+
+    return build(resolve(loss_cfg))  # type: ignore[no-any-return]
+
+
+def build_module(cfg: DictConfig, datamodule: ChipDataModule) -> tuple[SegmentationModule, dict[str, Any]]:
+    """The LightningModule and the network's architecture config (for the bundle)."""
+    net, net_config = build_net(to_dict(cfg.model), datamodule.in_channels, len(cfg.classes))
+    scheduler = None
+    if cfg.get("scheduler"):
+        scheduler_cfg = to_dict(cfg.scheduler)
+        if "total_steps" in scheduler_cfg and scheduler_cfg["total_steps"] is None:
+            steps = -(-len(datamodule.dataset("train")) // datamodule.batch_size)
+            scheduler_cfg["total_steps"] = steps * int(cfg.trainer.max_epochs)
+        scheduler = instantiate(scheduler_cfg)
+    module = SegmentationModule(
+        net=net,
+        loss=build_loss(cfg, datamodule),
+        optimizer=instantiate(cfg.optimizer),
+        classes=list(cfg.classes),
+        ignore_index=int(cfg.ignore_index),
+        scheduler=scheduler,
+        step_scheduler=bool(cfg.get("scheduler")) and "OneCycle" in str(cfg.scheduler.get("_target_", "")),
+    )
+    return module, net_config
+
+
+def build_datamodule(cfg: DictConfig, root: Path) -> ChipDataModule:
+    """The configured data module, its folders resolved against the project root."""
+    # data=chips reads the tiles folder; data=windows also the orthophotos and masks
+    keys = [k for k in ("tiles_dir", "orthos", "masks") if k in cfg.data]
+    paths = {k: str(resolve_path(root, cfg.data[k])) for k in keys}
+    return build(cfg.data, **paths, seed=int(cfg.seed))  # type: ignore[no-any-return]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured segmenter on the tiles; log the run and the model to MLflow.
+
+    Returns:
+        ``{"run_id", "model_uri", "val_miou", ...}``, also written to experiments/train/run.json.
+    """
+    import lightning as L
+
+    root = project_root()
+    L.seed_everything(int(cfg.seed), workers=True)
+    datamodule = build_datamodule(cfg, root)
+    if datamodule.classes != list(cfg.classes):
+        raise IlotsError(
+            f"tiles were cut for classes {datamodule.classes} but the config says {list(cfg.classes)}: "
+            "rerun `ilots tiles`."
+        )
+    module, net_config = build_module(cfg, datamodule)
+    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
+    settings = FitSettings(
+        root=root,
+        experiments=resolve_path(root, cfg.paths.experiments),
+        experiment_name=str(cfg.logger.experiment_name),
+        trainer=to_dict(cfg.trainer),
+        params=to_dict(cfg),
+        config_text=OmegaConf.to_yaml(cfg),
+        resume=cfg.train.get("resume"),
+        early_stopping_patience=int(cfg.train.early_stopping_patience),
+        ignore_index=int(cfg.ignore_index),
+        overlays=int(cfg.train.overlays),
+    )
+    return fit(module, datamodule, net_config, settings)

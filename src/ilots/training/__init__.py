@@ -1,0 +1,1 @@
+"""Fitting, evaluating, figures and model cards, and the frugal random-forest baseline."""

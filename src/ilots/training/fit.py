@@ -1,0 +1,206 @@
+"""Fitting a segmenter and packaging it: Lightning fit with checkpoints, early stopping and resume,
+then everything needed to trust the run goes to MLflow: per-epoch losses, per-class IoU/F1 and
+learning rate, the validation confusion matrix and overlays, a model card, and the model itself
+(pyfunc, with class map, band order, normalization and window size).
+
+Library code: it takes built objects and plain values; :mod:`ilots.pipeline.train` builds them
+from the configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import mlflow
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from ilots.core.classes import NODATA
+from ilots.core.errors import IlotsError
+from ilots.core.files import read_json, write_json
+from ilots.data.chips import ChipDataModule
+from ilots.models.bundle import Segmenter, make_meta
+from ilots.models.module import SegmentationModule
+from ilots.tracking.pyfunc import log_segmenter
+from ilots.training.evaluate import log_validation
+from ilots.training.figures import model_card
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What a fit needs beyond the module and the data (plain values from the configuration)."""
+
+    root: Path
+    experiments: Path
+    experiment_name: str
+    trainer: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    config_text: str = ""
+    resume: str | None = None
+    early_stopping_patience: int = 5
+    ignore_index: int = NODATA
+    overlays: int = 4
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(root: Path) -> str:
+    """The current git commit of the project, or ``unknown``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def dvc_data_hash(root: Path) -> str:
+    """The md5 that ``data.dvc`` records for the raw data, or ``untracked``."""
+    import yaml
+
+    path = root / "data.dvc"
+    if not path.is_file():
+        return "untracked"
+    outs = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "untracked"))
+
+
+def resume_checkpoint(resume: str | None, checkpoints: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from and its MLflow run id (its folder's name), or ``(None, None)``."""
+    if not resume:
+        return None, None
+    if resume == "last":
+        candidates = sorted(checkpoints.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise IlotsError(f"train.resume=last but no last.ckpt under {checkpoints}: train without resume.")
+        path = candidates[-1]
+    else:
+        path = Path(str(resume)).expanduser()
+        if not path.is_file():
+            raise IlotsError(f"train.resume={resume}: no such checkpoint file.")
+    return path, path.parent.name
+
+
+def make_trainer(
+    settings: FitSettings, logger: MLFlowLogger, checkpoint: ModelCheckpoint, out_dir: Path
+) -> L.Trainer:
+    """The Lightning trainer with checkpointing, early stopping and learning-rate logging."""
+    callbacks: list[L.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if settings.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStopping(monitor="val/miou", mode="max", patience=settings.early_stopping_patience)
+        )
+    return L.Trainer(
+        **settings.trainer,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+
+
+def fit(
+    module: SegmentationModule,
+    datamodule: ChipDataModule,
+    net_config: dict[str, Any],
+    settings: FitSettings,
+) -> dict[str, Any]:
+    """Fit the module on the data; log the run and the model to the active MLflow tracking store.
+
+    Returns:
+        ``{"run_id", "model_uri", "val_miou", ...}``, also written to experiments/train/run.json;
+        ``{"rank": r}`` on the DDP ranks other than 0.
+    """
+    out_dir = settings.experiments / "train"
+    ckpt_path, resumed_run = resume_checkpoint(settings.resume, settings.experiments / "checkpoints")
+    tags = {"git_commit": git_commit(settings.root), "dvc_data_md5": dvc_data_hash(settings.root)}
+    mlflow_logger = MLFlowLogger(
+        experiment_name=settings.experiment_name,
+        tracking_uri=mlflow.get_tracking_uri(),
+        log_model=False,
+        run_id=resumed_run,
+        tags={**tags, "stage": "train"},
+    )
+    run_id = mlflow_logger.run_id
+    if resumed_run is None:
+        mlflow_logger.log_hyperparams(flatten(settings.params))
+    checkpoint = ModelCheckpoint(
+        # other DDP ranks have no run id: Lightning broadcasts rank 0's folder to them
+        dirpath=settings.experiments / "checkpoints" / (run_id or "rank0"),
+        monitor="val/miou",
+        mode="max",
+        save_last=True,
+        filename="best",
+    )
+    trainer = make_trainer(settings, mlflow_logger, checkpoint, out_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if trainer.global_rank != 0:  # under DDP, rank 0 alone logs and packages the model
+        return {"rank": trainer.global_rank}
+    assert run_id is not None
+    return finish(module, datamodule, net_config, checkpoint, trainer, run_id, settings)
+
+
+def finish(
+    module: SegmentationModule,
+    datamodule: ChipDataModule,
+    net_config: dict[str, Any],
+    checkpoint: ModelCheckpoint,
+    trainer: L.Trainer,
+    run_id: str,
+    settings: FitSettings,
+) -> dict[str, Any]:
+    """Reload the best weights, log figures, model card and model; write run.json and metrics.json."""
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    best_score = (
+        float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
+    )
+    meta = make_meta(
+        net_config, module.classes, datamodule.band_names, datamodule.stats, datamodule.tile_size
+    )
+    segmenter = Segmenter(module.net.cpu(), meta)
+    out_dir = settings.experiments / "train"
+    index = read_json(datamodule.tiles_dir / "index.json", "tiles index")
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_metric("best_val_miou", best_score)
+        mlflow.log_text(settings.config_text, "config.yaml")
+        val_scores = log_validation(segmenter, datamodule, settings.ignore_index, settings.overlays)
+        card = model_card(meta, index, val_scores, run_id)
+        mlflow.log_text(card, "model_card.md")
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        (bundle / "model_card.md").write_text(card, encoding="utf-8")
+        model_uri = log_segmenter(segmenter, bundle)
+    root = settings.root
+    relative = Path(best).relative_to(root) if Path(best).is_relative_to(root) else Path(best)
+    result = {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "val_miou": best_score,
+        "epochs": trainer.current_epoch,
+        "checkpoint": str(relative),
+    }
+    write_json(out_dir / "run.json", result)
+    write_json(out_dir / "metrics.json", {"val_miou": best_score})
+    return result
