@@ -10,6 +10,7 @@ help:
 	@echo "make demo      create the environment, get the sample data, run the pipeline (dvc repro)"
 	@echo "make test      run the tests (what CI runs)"
 	@echo "make test-all  also the slow tests"
+	@echo "make lint      ruff, the package layers (import-linter), mypy"
 	@echo "make params    rewrite params.yaml from conf/ after editing conf/"
 
 setup:
@@ -30,8 +31,13 @@ test: setup
 test-all: setup
 	$(RUN) pytest
 
+# ruff (style, imports), ruff format, the package's layers (import-linter), types (mypy: strict on
+# core, inference, tracking, pipeline; see pyproject.toml)
 lint: setup
-	$(RUN) ruff check src tests
+	$(RUN) ruff check src tests benchmarks
+	$(RUN) ruff format --check src tests benchmarks
+	$(RUN) lint-imports
+	$(RUN) mypy
 
 params: setup
 	$(RUN) ilots params
