@@ -139,3 +139,23 @@ def test_bad_export_fails_with_one_sentence_and_keeps_masks(
     finally:
         export.write_text(saved)
     assert {p.name: p.read_bytes() for p in (root / "experiments" / "masks").glob("*.tif")} == masks
+
+
+def test_register_refuses_scores_measured_on_another_run(
+    trained: dict, capsys: pytest.CaptureFixture
+) -> None:
+    """`ilots train && ilots register` without evaluate in between promoted the new model with the
+    previous model's test score: the scores now name the run they measured."""
+    root = trained["root"]
+    run_path = root / "experiments" / "train" / "run.json"
+    original = run_path.read_text()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name='ilots-segmenter'"))
+    run_path.write_text(json.dumps({**json.loads(original), "run_id": "a-newer-training"}))
+    try:
+        assert main(["register", *TINY]) == 2
+    finally:
+        run_path.write_text(original)
+    err = capsys.readouterr().err
+    assert "not on the trained run a-newer-training" in err and "ilots evaluate" in err
+    assert len(client.search_model_versions("name='ilots-segmenter'")) == versions

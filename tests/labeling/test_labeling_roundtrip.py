@@ -203,6 +203,26 @@ def test_round_trip_masks_equal_what_was_drawn_at_the_right_ground_place(
     assert export.read_bytes() != before[0]
 
 
+def test_a_pull_of_a_project_without_annotations_keeps_the_previous_export(
+    published: dict, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The export snapshot is the project's raw input: a pull that finds nothing to rasterize fails
+    before replacing it (it was replaced by a 283-byte snapshot of unannotated tasks, then failed)."""
+    export, masks = project / "data" / "labels" / "export.json", project / "masks"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.write_text('[{"id": 1, "annotations": [], "data": {"note": "months of annotation"}}]\n')
+    before = export.read_bytes()
+    overrides = [
+        f"labels.export={export}",
+        f"labels.orthos={published['ortho'].parent}",
+        f"labels.out={masks}",
+    ]
+    project_id = published["init"]["project_id"]
+    err = run_error(capsys, "labeling", "pull", "--project", str(project_id), *overrides)
+    assert f"project {project_id}" in err and "4 task(s) but no annotation" in err and "left as it was" in err
+    assert export.read_bytes() == before and not masks.exists()
+
+
 def test_personal_access_token_works_like_the_legacy_token(
     published: dict, ls_env: Server, ls_pat: str, monkeypatch: pytest.MonkeyPatch, project: Path,
     capsys: pytest.CaptureFixture[str],

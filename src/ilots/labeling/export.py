@@ -46,6 +46,7 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
     """
     dest = Path(dest)
     offsets: dict[int, tuple[int, int]] = {}
+    annotated: set[int] = set()
     try:
         with Connection(url, api_key) as conn, tempfile.TemporaryFile() as spool:
             project = conn.call(
@@ -60,6 +61,12 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
                 line = json.dumps(canonical_task(task), sort_keys=True, ensure_ascii=False).encode("utf-8")
                 offsets[int(task["id"])] = (spool.tell(), len(line))  # a task seen twice: the latest
                 spool.write(line)
+                if any(
+                    isinstance(a, dict) and not a.get("was_cancelled") for a in task.get("annotations") or []
+                ):
+                    annotated.add(int(task["id"]))
+                else:
+                    annotated.discard(int(task["id"]))
             now = conn.call(lambda: conn.get(f"/api/projects/{project_id}/"), f"read project {project_id}")
             total = now.get("task_number") if isinstance(now, dict) else None
             if isinstance(total, int) and total != len(offsets):
@@ -71,6 +78,13 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
                 raise IlotsError(
                     f"Label Studio project {project_id} at {url} has no task: publish tiles first "
                     "(`ilots labeling publish`)."
+                )
+            if not annotated:
+                # checked before the snapshot replaces anything: a pull never loses annotations
+                raise IlotsError(
+                    f"Label Studio project {project_id} at {url} has {len(offsets)} task(s) but no "
+                    f"annotation: annotate at least one task (or check labels.project_id); {dest} is "
+                    "left as it was."
                 )
             dest.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dest) as tmp:

@@ -165,6 +165,12 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     run = train_run(root, cfg)
     metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
     metrics = read_json(metrics_path, "evaluation metrics (run `ilots evaluate` first)")
+    if metrics.get("run_id") != run["run_id"]:
+        measured = metrics.get("run_id") or "unknown (written by an older ilots)"
+        raise IlotsError(
+            f"the test scores in {metrics_path} were measured on run {measured}, not on the trained run "
+            f"{run['run_id']}: run `ilots evaluate` (or `dvc repro`) before `ilots register`."
+        )
     metric = str(cfg.register.metric)
     if metrics["test"].get(metric) is None:
         raise IlotsError(f"register.metric={metric} is not among the test metrics of {metrics_path}.")

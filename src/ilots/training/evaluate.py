@@ -66,9 +66,8 @@ def evaluate(
     cm = split_confusion(segmenter, tiles_dir, batch_size, ignore_index)
     result = {k: round(v, 4) if v == v else None for k, v in scores(cm, segmenter.classes).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out_dir / "metrics.json", {"test": result, "confusion": cm.tolist(), "classes": segmenter.classes}
-    )
+    record = {"test": result, "confusion": cm.tolist(), "classes": segmenter.classes, "run_id": run_id}
+    write_json(out_dir / "metrics.json", record)
     plot_confusion(cm, segmenter.classes, out_dir / "confusion.png")
     if run_id:
         with mlflow.start_run(run_id=run_id):
