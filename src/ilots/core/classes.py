@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from xml.sax.saxutils import escape
 
 from ilots.core.errors import IlotsError
@@ -112,13 +113,13 @@ class ClassMap:
         """The value of a class or of a merged label."""
         return self.label_values[name]
 
-    @property
+    @cached_property
     def label_values(self) -> dict[str, int]:
         """Every label an annotation may use (merged labels first), with the value it is drawn as."""
         index = {name: value for value, name in enumerate(self.names)}
         return {**{label: index[target] for label, target in self.merge.items()}, **index}
 
-    @property
+    @cached_property
     def draw_order(self) -> list[str]:
         """Labels in the order they are drawn: merged labels, classes not in ``priority``, ``priority``."""
         listed = list(self.priority)

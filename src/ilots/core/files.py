@@ -7,6 +7,7 @@ so a crash leaves the previous output (or none), never half of one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -92,16 +93,9 @@ def iter_json_array(path: str | os.PathLike[str], what: str = "file") -> Iterato
                 # valid JSON of another kind, or not JSON at all: a full parse tells them apart
                 read_json(path, what)
                 raise NotAnArray(f"{what} {path} is not a JSON array.")
-            yield from ijson.items(_chain(first, events), "item")
+            yield from ijson.items(itertools.chain((first,), events), "item")
         except (ijson.JSONError, UnicodeDecodeError) as exc:
             raise invalid(exc) from exc
-
-
-def _chain(
-    first: tuple[str, str, Any], rest: Iterator[tuple[str, str, Any]]
-) -> Iterator[tuple[str, str, Any]]:
-    yield first
-    yield from rest
 
 
 def check_output_folder(folder: Path, setting: str) -> Path:

@@ -55,6 +55,15 @@ def _share(
         }
 
 
+def _gather(summary: dict[str, Any], world_size: int) -> list[dict[str, Any]]:
+    """Every rank's summary, on every rank."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, summary)
+    return gathered
+
+
 def _worker(rank: int, world_size: int, init_file: str, args: tuple[Any, ...], results: Any) -> None:
     """One of ``--devices`` processes: joins the group, predicts its share, gathers the summaries."""
     import torch.distributed as dist
@@ -64,9 +73,9 @@ def _worker(rank: int, world_size: int, init_file: str, args: tuple[Any, ...], r
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        summary = _share(segmenter, orthos, out_dir, options, model_uri, rank, world_size)
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, summary)
+        gathered = _gather(
+            _share(segmenter, orthos, out_dir, options, model_uri, rank, world_size), world_size
+        )
         if rank == 0:
             results.put(gathered)
     finally:
@@ -154,8 +163,7 @@ def predict_launched(
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     part = _share(segmenter, orthos, out_dir, options, model_uri, rank, world_size)
-    gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, part)
+    gathered = _gather(part, world_size)
     dist.destroy_process_group()
     if rank != 0:
         if ERROR_KEY in part:

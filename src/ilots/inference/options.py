@@ -44,11 +44,11 @@ class PredictOptions:
     def from_settings(cls, *layers: Mapping[str, Any]) -> PredictOptions:
         """Options from settings layers, a later layer's non-None value winning (config, then
         command line); keys that are not options are left out."""
-        values: dict[str, Any] = {}
+        defaults, values = cls(), {}
         for field in dataclasses.fields(cls):
             for layer in layers:
                 if layer.get(field.name) is not None:
-                    values[field.name] = type(getattr(cls(), field.name))(layer[field.name])
+                    values[field.name] = type(getattr(defaults, field.name))(layer[field.name])
         return cls(**values)
 
     def result_options(self) -> dict[str, Any]:

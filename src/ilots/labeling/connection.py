@@ -11,8 +11,6 @@ short-lived access token (sent as ``Bearer <access>``, exchanged again when the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import logging
@@ -20,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import httpx
@@ -68,7 +67,7 @@ class Connection:
         self.url = self.url.rstrip("/")
         self._http = httpx.Client(timeout=self.timeout_s, follow_redirects=True)
 
-    @property
+    @cached_property
     def is_personal_token(self) -> bool:
         """Whether the key is a personal access token (a JWT refresh token), not a legacy token."""
         return _jwt_claims(self.api_key).get("token_type") == "refresh"
@@ -258,12 +257,11 @@ class _HTTPStatus(Exception):
 
 def _jwt_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT (signature not checked: the server checks it), or {} for another token."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
+    import jwt
+
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
         return {}
     return claims if isinstance(claims, dict) else {}
 

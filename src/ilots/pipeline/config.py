@@ -132,11 +132,16 @@ def default_conf_dir() -> Path:
     raise IlotsError("no conf/ found here nor in the ilots installation: run ilots from the project folder.")
 
 
+def project_root_or_cwd() -> tuple[Path, bool]:
+    """The project root and True, or, outside a project, the current folder and False."""
+    try:
+        return project_root(), True
+    except IlotsError:
+        return Path.cwd(), False
+
+
 def project_or_default_config() -> tuple[DictConfig, Path]:
     """The project's configuration and root, or, outside a project, ilots's own defaults and the
     current folder."""
-    try:
-        root = project_root()
-    except IlotsError:
-        return compose(conf_dir=default_conf_dir()), Path.cwd()
-    return compose(root=root), root
+    root, in_project = project_root_or_cwd()
+    return (compose(root=root) if in_project else compose(conf_dir=default_conf_dir())), root

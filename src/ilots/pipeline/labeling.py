@@ -15,9 +15,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ilots.core.errors import IlotsError
-from ilots.core.paths import project_root, resolve_path
+from ilots.core.paths import resolve_path
 from ilots.labeling.connection import Connection, settings_from_env
 from ilots.pipeline.commands import command
+from ilots.pipeline.config import project_root_or_cwd
 
 
 def _connect() -> Connection:
@@ -25,20 +26,12 @@ def _connect() -> Connection:
     return Connection(url, key)
 
 
-def _root() -> Path:
-    """The project root, or the current folder outside a project."""
-    try:
-        return project_root()
-    except IlotsError:
-        return Path.cwd()
-
-
 def _given(value: Any, default: Any) -> Any:
     return value if value is not None else default
 
 
 def _path(value: Any) -> Path | None:
-    return resolve_path(_root(), str(value)) if value else None
+    return resolve_path(project_root_or_cwd()[0], str(value)) if value else None
 
 
 def _project_id(conn: Connection, args: argparse.Namespace, cfg: DictConfig) -> int:
@@ -170,7 +163,7 @@ def prelabel(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.tracking.store import setup_mlflow
 
     # models:/ URIs resolve in the project's tracking store, as for `ilots predict`
-    setup_mlflow(str(cfg.logger.tracking_uri or ""), _root())
+    setup_mlflow(str(cfg.logger.tracking_uri or ""), project_root_or_cwd()[0])
     model = _given(args.model, cfg.labeling.prelabel_model)
     segmenter = load_segmenter(model)
     orthos = Path(args.orthos) if args.orthos else _path(cfg.labeling.orthos)
