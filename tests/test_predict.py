@@ -103,6 +103,19 @@ def test_input_nodata_becomes_output_nodata(tmp_path: Path) -> None:
     assert (classes[30:, :] == 2).all() and (classes[:, 40:] == 2).all()
 
 
+@pytest.mark.parametrize("fill", ["255", "auto"])
+def test_a_fill_colour_around_the_scene_gets_no_class(tmp_path: Path, fill: str) -> None:
+    rng = np.random.default_rng(6)
+    image = rng.integers(1, 250, (4, 100, 120), dtype=np.uint8)
+    image[:, :, :20] = 255 - rng.integers(0, 3, (4, 100, 20), dtype=np.uint8)  # white, JPEG-blurred
+    src = write_ortho(tmp_path / "in.tif", image)
+    options = PredictOptions(window=64, overlap=16, fill=fill, fill_tolerance=3)
+    predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", options)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        classes = out.read(1)
+    assert (classes[:, :20] == 255).all() and (classes[:, 20:] == 2).all()
+
+
 def test_band_count_mismatch_is_clear_and_writes_nothing(tmp_path: Path) -> None:
     src, _ = ortho(tmp_path)
     with pytest.raises(IlotsError, match=r"in\.tif has 4 bands but the model expects 3"):

@@ -2,13 +2,16 @@
 
 "Valid pixel" has one definition in ilots, :func:`valid_mask`: a pixel holds imagery unless the
 raster says otherwise through its alpha band, its nodata value or its mask (an internal or sidecar
-mask, as JPEG-compressed orthophotos carry). Labels, tiles, training windows, publishing and
-prediction all read it from here, so no stage trains on pixels another treats as nodata.
+mask, as JPEG-compressed orthophotos carry), or unless it has the dataset's declared :class:`Fill`
+colour (the white or black border around a scene that carries no nodata tag). Labels, tiles,
+training windows, publishing and prediction all read it from here, so no stage trains on pixels
+another treats as nodata, and an alpha band is never a data band.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +60,88 @@ def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
 def data_bands(src: DatasetReader, expected: int | None = None) -> tuple[list[int], int | None]:
     """The band indexes holding data, and the alpha band's index if the raster has one beyond them.
 
-    A band flagged alpha counts as alpha only when it is one band more than the data ``expected``
-    (all bands are data when ``expected`` is None) and holds only transparent/opaque values: GDAL
-    flags the 4th band of any 4-band GeoTIFF written with default options as alpha, and in an
-    RGB + near-infrared orthophoto that band is the near-infrared.
+    The last band is alpha when GDAL flags it so and it holds only transparent/opaque values (0 and
+    the type's maximum), except when ``expected`` (the bands a model was trained on) counts it as
+    data. The value check matters: GDAL flags the 4th band of any 4-band GeoTIFF written with default
+    options as alpha, and in an RGB + near-infrared orthophoto that band is the near-infrared.
     """
-    if expected is not None and src.count == expected + 1 and src.colorinterp[-1] == ColorInterp.alpha:
-        preview = src.read(src.count, out_shape=(min(src.height, 256), min(src.width, 256)))
-        if np.isin(preview, (0, np.iinfo(preview.dtype).max if preview.dtype.kind == "u" else 1)).all():
-            return list(range(1, expected + 1)), src.count
-    return list(range(1, src.count + 1)), None
+    everything = list(range(1, src.count + 1))
+    if src.count < 2 or src.colorinterp[-1] != ColorInterp.alpha:
+        return everything, None
+    if expected is not None and src.count <= expected:
+        return everything, None
+    preview = src.read(src.count, out_shape=(min(src.height, 256), min(src.width, 256)))
+    opaque = np.iinfo(preview.dtype).max if preview.dtype.kind in "ui" else 1
+    if np.isin(preview, (0, opaque)).all():
+        return everything[:-1], src.count
+    return everything, None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A colour that means "no imagery" in orthophotos that carry no nodata tag, alpha or mask.
+
+    Mosaics and JPEG-compressed orthophotos often surround the scene with white or black. A pixel is
+    fill when every data band lies within ``tolerance`` of ``value`` (JPEG blurs the border: a
+    tolerance of a few levels catches it). ``value`` None means "detect": :meth:`resolve` looks at
+    the raster's outer rows and columns and takes 0 or the type's maximum when at least
+    :attr:`DETECT_SHARE` of them hold it in every band.
+
+    A pixel of that exact colour inside the scene (a white roof saturating the sensor) is fill too:
+    keep ``tolerance`` small, and prefer a nodata tag (``gdal_edit.py -a_nodata 255``) when the
+    imagery can be edited.
+    """
+
+    value: float | None = None
+    tolerance: float = 0.0
+
+    DETECT_SHARE = 0.05
+
+    @classmethod
+    def from_setting(cls, value: Any, tolerance: Any = 0) -> Fill | None:
+        """The ``imagery.fill`` setting (null, a number, or ``auto``) and ``imagery.fill_tolerance``.
+
+        Raises:
+            IlotsError: a setting that is neither.
+        """
+        try:
+            tol = float(tolerance or 0)
+        except (TypeError, ValueError):
+            tol = -1.0
+        if tol < 0:
+            raise IlotsError(f"imagery.fill_tolerance={tolerance!r}: use a number of levels >= 0.")
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return cls(None, tol)
+        try:
+            return cls(float(value), tol)
+        except (TypeError, ValueError):
+            raise IlotsError(
+                f"imagery.fill={value!r}: use null (no fill colour), a pixel value such as 255 "
+                "or 0, or auto (detected on each orthophoto's border)."
+            ) from None
+
+    def resolve(self, src: DatasetReader, bands: list[int] | None = None) -> Fill | None:
+        """This fill with its value found on ``src`` (None when detection finds no fill border)."""
+        if self.value is not None:
+            return self
+        bands = bands or data_bands(src)[0]
+        h, w = src.height, src.width
+        edges = [Window(0, 0, w, 1), Window(0, h - 1, w, 1), Window(0, 0, 1, h), Window(w - 1, 0, 1, h)]
+        pixels = np.concatenate([src.read(bands, window=e).reshape(len(bands), -1) for e in edges], axis=1)
+        top = np.iinfo(pixels.dtype).max if pixels.dtype.kind in "ui" else 1.0
+        shares = {
+            float(v): float((np.abs(pixels.astype(np.float64) - v) <= self.tolerance).all(axis=0).mean())
+            for v in (0, top)
+        }
+        value, share = max(shares.items(), key=lambda item: item[1])
+        return Fill(value, self.tolerance) if share >= self.DETECT_SHARE else None
+
+    def mask(self, data: NDArray[Any]) -> NDArray[Any]:
+        """Boolean (rows, cols) mask of the fill pixels of a (bands, rows, cols) array."""
+        assert self.value is not None, "resolve() the fill on its raster first"
+        return np.asarray((np.abs(data.astype(np.float32) - self.value) <= self.tolerance).all(axis=0))
 
 
 def valid_mask(
@@ -74,22 +149,30 @@ def valid_mask(
     window: Window | None = None,
     bands: list[int] | None = None,
     alpha: int | None = None,
+    fill: Fill | None = None,
 ) -> NDArray[Any]:
     """Boolean mask of the pixels that hold imagery in ``window`` (the whole raster when None).
 
     A pixel is invalid where the ``alpha`` band is transparent, where every data band holds the
-    nodata value, or where the raster's mask (internal or ``.msk``) excludes it.
+    nodata value, where the raster's mask (internal or ``.msk``) excludes it, or where it has the
+    ``fill`` colour. With ``bands`` None, the data bands and alpha band are :func:`data_bands`'s.
     """
     window = window or Window(0, 0, src.width, src.height)
+    if bands is None:
+        bands, alpha = data_bands(src)
     if alpha is not None:
-        return np.asarray(src.read(alpha, window=window) > 0)
-    if src.nodata is not None:
-        masks = src.read_masks(bands or list(range(1, src.count + 1)), window=window)
-        return np.asarray((masks > 0).any(axis=0))
-    flags = src.mask_flag_enums[0]
-    if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
-        return np.asarray(src.read_masks(1, window=window) > 0)
-    return np.ones((int(window.height), int(window.width)), dtype=bool)
+        valid = np.asarray(src.read(alpha, window=window) > 0)
+    elif src.nodata is not None:
+        valid = np.asarray((src.read_masks(bands, window=window) > 0).any(axis=0))
+    elif MaskFlags.per_dataset in (flags := src.mask_flag_enums[0]) and MaskFlags.alpha not in flags:
+        valid = np.asarray(src.read_masks(1, window=window) > 0)
+    else:
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+    if fill is not None:
+        fill = fill.resolve(src, bands)
+    if fill is not None:
+        valid &= ~fill.mask(src.read(bands, window=window))
+    return valid
 
 
 def write_raster(

@@ -1,4 +1,17 @@
-"""The labels stage: a Label Studio JSON export becomes one class-mask GeoTIFF per orthophoto.
+"""The labels stage: a Label Studio JSON export and/or reference vector layers become one class-mask
+GeoTIFF per orthophoto.
+
+Two sources of labels, usable alone or together:
+
+* **Vector layers** (``labels.vectors``: BD TOPO buildings, OpenStreetMap water...; any OGR format
+  and CRS, see :mod:`ilots.core.vectors`) are burned straight onto each orthophoto's grid. Inside
+  the area of interest (``labels.area``, a polygon layer; the whole orthophoto when unset) a pixel
+  no layer covers is background: a reference layer says where things are *and* where they are not.
+  Outside it, pixels are not annotated (255).
+* **Label Studio annotations**, described below, are painted over the vectors: where an annotated
+  task covers pixels, the annotation wins, whatever the layers say.
+
+Pixels with no imagery (alpha, nodata, mask, the ``imagery.fill`` colour) are 255 in every mask.
 
 Each task of the export is one tile of an orthophoto, published as a PNG. Its ``data`` carries the
 orthophoto's file name (``ortho``), the CRS, the tile's affine ``transform`` and its source
@@ -59,7 +72,8 @@ from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, NODATA, ClassM
 from ilots.core.errors import IlotsError
 from ilots.core.files import NotAnArray, atomic_path, iter_json_array
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import open_georaster, write_raster
+from ilots.core.rasters import Fill, open_georaster, valid_mask, write_raster
+from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, read_layer
 
 ANNOTATOR_POLICIES = ("latest", "majority")
 
@@ -115,21 +129,24 @@ class _Spool:
 
 
 def build_masks(
-    export_path: Path,
+    export_path: Path | None,
     orthos_dir: Path,
     out_dir: Path,
     *,
     class_map: ClassMap | None = None,
     annotators: str = "latest",
+    vectors: Sequence[VectorLayer] = (),
+    area: Path | None = None,
+    fill: Fill | None = None,
 ) -> dict[str, Any]:
-    """Rasterize a Label Studio export onto every orthophoto of a folder.
+    """Rasterize a Label Studio export and/or vector layers onto every orthophoto of a folder.
 
-    Writes ``out_dir/<ortho_stem>.tif`` for every ``*.tif``/``*.tiff`` in ``orthos_dir``: uint8,
-    one band, the orthophoto's grid, nodata 255. ``out_dir`` is replaced as a whole, and only if
-    every mask could be built.
+    Writes ``out_dir/<ortho_stem>.tif`` for every orthophoto in ``orthos_dir``: uint8, one band, the
+    orthophoto's grid, nodata 255. ``out_dir`` is replaced as a whole, and only if every mask could
+    be built.
 
     Args:
-        export_path: Label Studio JSON export (a list of tasks).
+        export_path: Label Studio JSON export (a list of tasks), or None for vector layers only.
         orthos_dir: Folder holding the orthophotos the tasks were cut from.
         out_dir: Folder to (re)create with one mask per orthophoto.
         class_map: The project's classes (a name's index is its value in the masks), the draw
@@ -137,24 +154,41 @@ def build_masks(
             "background"}`` for a tree-only model). Default: the four classes of the sample city.
         annotators: Several annotations on one task: ``latest`` (the latest wins) or ``majority``
             (per-pixel vote; a tie goes to the latest annotation among the tied values).
+        vectors: Reference layers burned onto each orthophoto (annotations win over them).
+        area: Polygon layer outside which the vector layers annotate nothing (default: everywhere).
+        fill: The orthophotos' fill colour (no imagery: not annotated).
 
     Returns:
-        ``{"tasks": n, "annotated_tasks": n, "orthos": n,
-        "pixels": {class_name: count, ..., "unlabeled": count}}``.
+        ``{"tasks": n, "annotated_tasks": n, "orthos": n, "pixels": {class_name: count, ...,
+        "unlabeled": count}}``, and ``"vector_features": {label: n}`` with vector layers.
 
     Raises:
-        IlotsError: unreadable export, no annotation at all, a task without georeference or
-            off the orthophoto's grid, a missing orthophoto, a CRS mismatch, an unknown label.
+        IlotsError: no source of labels; unreadable export, no annotation at all (and no vector
+            layer), a task without georeference or off the orthophoto's grid, a missing
+            orthophoto, a CRS mismatch, an unknown label or class; an unreadable vector file.
     """
     class_map = class_map or ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
     if annotators not in ANNOTATOR_POLICIES:
         raise IlotsError(f"labels.annotators={annotators!r}: use one of {', '.join(ANNOTATOR_POLICIES)}.")
-    export_path, orthos_dir = Path(export_path), Path(orthos_dir)
+    if export_path is None and not vectors:
+        raise IlotsError(
+            "labels.export is null and labels.vectors is empty: give a Label Studio export, vector "
+            "layers, or both (see conf/config.yaml, labels)."
+        )
+    orthos_dir = Path(orthos_dir)
+    layers = Layers.of(vectors, class_map) if vectors else None
+    area_frame = read_layer(area, what="area of interest (labels.area)") if area is not None else None
     spool = _Spool()
     try:
-        n_tasks, tiles = _annotated_tiles(
-            _iter_export(export_path), export_path, spool, keep_all=annotators == "majority"
-        )
+        n_tasks, tiles = 0, list[_Tile]()
+        if export_path is not None:
+            n_tasks, tiles = _annotated_tiles(
+                _iter_export(Path(export_path)),
+                Path(export_path),
+                spool,
+                keep_all=annotators == "majority",
+                required=layers is None,
+            )
         orthos = {path.name: path for path in list_orthos(orthos_dir)}
         _check_orthos_present(tiles, orthos, orthos_dir)
         by_ortho: dict[str, list[_Tile]] = defaultdict(list)
@@ -162,19 +196,30 @@ def build_masks(
             by_ortho[tile.ortho].append(tile)
 
         pixels = dict.fromkeys([*class_map.names, "unlabeled"], 0)
+        sources = _Sources(class_map, spool, layers, area_frame, fill)
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             for name, path in sorted(orthos.items()):
-                mask = _ortho_mask(path, by_ortho.get(name, []), class_map, tmp, spool)
+                mask = _ortho_mask(path, by_ortho.get(name, []), sources, tmp)
                 _count_pixels(mask, class_map.names, pixels)
     finally:
         spool.close()
-    return {
-        "tasks": n_tasks,
-        "annotated_tasks": len(tiles),
-        "orthos": len(orthos),
-        "pixels": pixels,
-    }
+    summary: dict[str, Any] = {"tasks": n_tasks, "annotated_tasks": len(tiles), "orthos": len(orthos)}
+    if layers is not None:
+        summary["vector_features"] = layers.features()
+    return {**summary, "pixels": pixels}
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What paints an orthophoto's mask besides its tasks: the class map, the spooled annotation
+    results, the vector layers and their area of interest, the fill colour."""
+
+    class_map: ClassMap
+    spool: _Spool
+    layers: Layers | None
+    area: Any
+    fill: Fill | None
 
 
 def rasterize_annotation(
@@ -237,17 +282,18 @@ def _iter_export(export_path: Path) -> Iterator[dict]:
 
 
 def _annotated_tiles(
-    tasks: Iterable[dict], export_path: Path, spool: _Spool, *, keep_all: bool = False
+    tasks: Iterable[dict], export_path: Path, spool: _Spool, *, keep_all: bool = False, required: bool = True
 ) -> tuple[int, list[_Tile]]:
     """The number of tasks, and the tasks with a usable annotation (georeference checked, regions
-    set aside in ``spool``): the latest annotation of each, or all of them with ``keep_all``."""
+    set aside in ``spool``): the latest annotation of each, or all of them with ``keep_all``.
+    An export with no annotation is an error when it is the only source of labels (``required``)."""
     tiles, n_tasks = [], 0
     for task in tasks:
         n_tasks += 1
         annotations = _annotations_by_age(task)
         if annotations:
             tiles.append(spool.keep(_tile(task, annotations if keep_all else annotations[-1:])))
-    if not tiles:
+    if not tiles and required:
         raise IlotsError(
             f"Label Studio export {export_path} contains no annotation: annotate at least one "
             "task in Label Studio or check the export."
@@ -336,19 +382,24 @@ def _check_orthos_present(tiles: Iterable[_Tile], orthos: Mapping[str, Path], or
             )
 
 
-def _ortho_mask(
-    path: Path,
-    tiles: list[_Tile],
-    class_map: ClassMap,
-    out_dir: Path,
-    spool: _Spool,
-) -> np.ndarray:
-    """Paint the tiles of one orthophoto (in task id order) and write its mask into out_dir."""
+def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path) -> np.ndarray:
+    """Paint the vector layers, then the tiles of one orthophoto (in task id order), then its
+    no-imagery pixels, and write its mask into out_dir."""
+    class_map = sources.class_map
     with open_georaster(path) as src:
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
+        valid = valid_mask(src, fill=sources.fill)
     mask = np.full((height, width), NODATA, dtype=np.uint8)
+    if sources.layers is not None:
+        inside = (
+            burn_shapes(sources.area.to_crs(crs), transform, height, width)
+            if sources.area is not None
+            else np.ones((height, width), dtype=bool)
+        )
+        drawn = burn_layers(sources.layers, crs, transform, height, width, class_map)
+        mask[inside] = drawn[inside]
     for ref in tiles:
-        tile = replace(ref, results=spool.results(ref))
+        tile = replace(ref, results=sources.spool.results(ref))
         _check_crs(tile, crs, path)
         row, col, tile_h, tile_w = _tile_window(tile, transform, path)
         tile_mask = _vote(
@@ -358,6 +409,7 @@ def _ortho_mask(
             ]
         )
         _paste(mask, tile_mask, row, col, tile, path)
+    mask[~valid] = NODATA
     dest = out_dir / f"{path.stem}.tif"
     write_raster(dest, mask, {"crs": crs, "transform": transform, "nodata": NODATA}, CLASSES=class_map.tag())
     with rasterio.open(dest, "r+") as dst:

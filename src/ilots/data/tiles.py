@@ -29,7 +29,7 @@ from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, write_json
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import open_georaster, valid_mask, write_raster
+from ilots.core.rasters import Fill, data_bands, open_georaster, valid_mask, write_raster
 
 SPLITS = ("train", "val", "test")
 
@@ -110,8 +110,12 @@ def cut_tiles(
     min_annotated: float,
     classes: Sequence[str],
     seed: int,
+    fill: Fill | None = None,
 ) -> dict[str, object]:
     """Cut chips from every orthophoto and its mask; write them with an index and band statistics.
+
+    Chips hold the data bands only (an alpha band masks, it is not read as data); pixels with no
+    imagery (alpha, nodata, mask, the ``fill`` colour) are 255 in the chip masks.
 
     Returns:
         A summary: chip count per split, block count per split, band count.
@@ -127,14 +131,15 @@ def cut_tiles(
         with open_georaster(path) as ortho:
             mask_path = masks_dir / f"{path.stem}.tif"
             mask = read_mask(mask_path, ortho)
-            mask[~valid_mask(ortho)] = NODATA  # no imagery there: nothing to learn
-            if bands is not None and ortho.count != bands:
+            data, alpha = data_bands(ortho)  # an alpha band is no data band: it masks
+            mask[~valid_mask(ortho, bands=data, alpha=alpha, fill=fill)] = NODATA  # nothing to learn
+            if bands is not None and len(data) != bands:
                 raise IlotsError(
-                    f"orthophoto {path} has {ortho.count} bands but {orthos[0]} has {bands}: "
+                    f"orthophoto {path} has {len(data)} data bands but {orthos[0]} has {bands}: "
                     "all orthophotos of one project need the same bands."
                 )
-            bands = ortho.count
-            band_names = [d or f"band{i + 1}" for i, d in enumerate(ortho.descriptions)]
+            bands = len(data)
+            band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in data]
         masks[path] = mask
         for blk in blocks_of(path, mask.shape, block):
             window = mask[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width]
@@ -198,6 +203,7 @@ def write_chips(
         (out / split_name).mkdir(parents=True)
     for path in sorted({b.ortho for b in splits}):
         with open_georaster(path) as ortho:
+            data = data_bands(ortho)[0]
             for blk in (b for b in splits if b.ortho == path):
                 for row in chip_offsets(blk.row_off, blk.height, size, stride):
                     for col in chip_offsets(blk.col_off, blk.width, size, stride):
@@ -209,7 +215,8 @@ def write_chips(
                         window = Window(col, row, size, size)
                         profile = {"crs": ortho.crs, "transform": ortho.window_transform(window)}
                         folder = out / splits[blk]
-                        write_raster(folder / f"{chip_id}.image.tif", ortho.read(window=window), profile)
+                        image = ortho.read(data, window=window)
+                        write_raster(folder / f"{chip_id}.image.tif", image, profile)
                         write_raster(folder / f"{chip_id}.mask.tif", mask, {**profile, "nodata": NODATA})
                         chips.append(
                             {

@@ -31,7 +31,7 @@ from ilots.core.errors import IlotsError
 
 # (epoch, index in the epoch, train block, torchgeo query (x slice, y slice, t slice))
 from ilots.core.files import read_json
-from ilots.core.rasters import open_georaster, valid_mask
+from ilots.core.rasters import data_bands, open_georaster, valid_mask
 from ilots.data.augment import AugmentedDataset
 from ilots.data.chips import ChipDataModule
 
@@ -134,6 +134,7 @@ class WindowDataset(AugmentedDataset):
     ) -> None:
         super().__init__(mean, std, augment, seed)
         self.sources, self.size, self.length = list(sources), size, length
+        self.bands: dict[int, tuple[list[int], int | None]] = {}  # data and alpha bands per source
 
     def __len__(self) -> int:
         return self.length
@@ -143,9 +144,12 @@ class WindowDataset(AugmentedDataset):
         ortho_path, mask_path = self.sources[block]
         with rasterio.open(ortho_path) as ortho, rasterio.open(mask_path) as labels:
             window = window_of(ortho.transform, xs.start, ys.start, self.size)
-            image = ortho.read(window=window)
+            if block not in self.bands:
+                self.bands[block] = data_bands(ortho)
+            data, alpha = self.bands[block]
+            image = ortho.read(data, window=window)
             mask = labels.read(1, window=window)
-            mask[~valid_mask(ortho, window)] = NODATA  # as the tiles stage does
+            mask[~valid_mask(ortho, window, data, alpha)] = NODATA  # as the tiles stage does
         return self.sample(image, mask, epoch, i)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ilots.core.errors import IlotsError
+from ilots.core.rasters import Fill
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -29,6 +30,8 @@ class PredictOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     devices: int = 1
     overwrite: bool = False
+    fill: float | str | None = None  # imagery.fill: a pixel value, "auto" or None
+    fill_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.batch_size < 1 or self.devices < 1:
@@ -39,6 +42,11 @@ class PredictOptions:
             )
         if self.precision not in PRECISIONS:
             raise IlotsError(f"predict.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}.")
+        self.fill_colour()  # checks the fill settings
+
+    def fill_colour(self) -> Fill | None:
+        """The orthophotos' fill colour (``imagery.fill``), to be resolved on each input."""
+        return Fill.from_setting(self.fill, self.fill_tolerance)
 
     @classmethod
     def from_settings(cls, *layers: Mapping[str, Any]) -> PredictOptions:
@@ -48,7 +56,9 @@ class PredictOptions:
         for field in dataclasses.fields(cls):
             for layer in layers:
                 if layer.get(field.name) is not None:
-                    values[field.name] = type(getattr(defaults, field.name))(layer[field.name])
+                    default = getattr(defaults, field.name)
+                    value = layer[field.name]
+                    values[field.name] = value if default is None else type(default)(value)
         return cls(**values)
 
     def result_options(self) -> dict[str, Any]:
@@ -59,4 +69,6 @@ class PredictOptions:
             "tta": self.tta,
             "precision": self.precision,
             "probabilities": self.probabilities,
+            "fill": self.fill,
+            "fill_tolerance": self.fill_tolerance,
         }

@@ -105,6 +105,8 @@ def predict_raster(
     class_map = ClassMap(tuple(segmenter.classes))
     with open_georaster(src_path) as src:
         bands, alpha = check_bands(src, src_path, segmenter)
+        fill = options.fill_colour()
+        fill = fill.resolve(src, bands) if fill else None
         grid = WindowGrid(src.height, src.width, options.window, options.overlap)
         class_profile = output_profile(src, 1, NODATA)
         proba_profile = output_profile(src, len(class_map), None)
@@ -125,7 +127,7 @@ def predict_raster(
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
         stack.callback(frontier.close)
-        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map))
+        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill)
 
         def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
             return np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])

@@ -17,7 +17,7 @@ from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from ilots.core.classes import NODATA
-from ilots.core.rasters import COG_BLOCK, valid_mask
+from ilots.core.rasters import COG_BLOCK, Fill, valid_mask
 from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
 
@@ -56,8 +56,9 @@ class BlockWriter:
         probabilities: DatasetWriter | None,
         frontier: Frontier,
         n_classes: int,
+        fill: Fill | None = None,
     ) -> None:
-        self.grid, self.source, self.bands, self.alpha = grid, source, bands, alpha
+        self.grid, self.source, self.bands, self.alpha, self.fill = grid, source, bands, alpha, fill
         self.classes, self.probabilities = classes, probabilities
         self.blender = Blender(grid, n_classes, frontier)
         self.counts = np.zeros(256, dtype=np.int64)
@@ -69,7 +70,7 @@ class BlockWriter:
             self.write_block(*self.blender.add(i, j, window_probs))
 
     def write_block(self, window: Window, acc: NDArray[Any]) -> None:
-        valid = valid_mask(self.source, window, self.bands, self.alpha)
+        valid = valid_mask(self.source, window, self.bands, self.alpha, self.fill)
         classes = acc.argmax(axis=0).astype(np.uint8)
         classes[~valid] = NODATA
         self.classes.write(classes, 1, window=window)

@@ -12,75 +12,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio import features
-from rasterio.crs import CRS
-from shapely.geometry import box
 
 from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, ClassMap
 from ilots.core.errors import IlotsError
+from ilots.core.vectors import Layers, burn_layers
 from ilots.labeling.connection import Connection
 from ilots.labeling.prelabel import _unlabeled_tasks, brush_results, push_in_batches, task_window
 
 log = logging.getLogger(__name__)
 
 
-def read_layer(path: Path, where: str | None) -> Any:
-    """A vector layer as a GeoDataFrame, filtered by an OGR SQL ``where``; clear errors."""
-    import geopandas as gpd
-
-    path = Path(path)
-    if not path.exists():
-        raise IlotsError(f"vector file {path} does not exist.")
-    try:
-        frame = gpd.read_file(path, where=where) if where else gpd.read_file(path)
-    except Exception as exc:  # pyogrio raises several types for unreadable files and bad SQL
-        what = f" with --where {where!r}" if where else ""
-        raise IlotsError(f"vector file {path} cannot be read{what} ({type(exc).__name__}: {exc}).") from exc
-    if frame.crs is None:
-        raise IlotsError(f"vector file {path} has no CRS: assign one (e.g. ogr2ogr -a_srs EPSG:2154).")
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    return frame[frame.geom_type.isin(["Polygon", "MultiPolygon"])]
-
-
-class _Layers:
-    """The layers of each class, reprojected once per CRS, with a spatial index."""
-
-    def __init__(self, layers: Sequence[tuple[str, Any]]) -> None:
-        self.layers = list(layers)
-        self._by_crs: dict[str, list[tuple[str, Any]]] = {}
-
-    def in_crs(self, crs: str) -> list[tuple[str, Any]]:
-        if crs not in self._by_crs:
-            target = CRS.from_user_input(crs)
-            self._by_crs[crs] = [(name, frame.to_crs(target)) for name, frame in self.layers]
-        return self._by_crs[crs]
-
-
-def rasterize_tile(task: dict[str, Any], layers: _Layers, class_map: ClassMap) -> np.ndarray:
+def rasterize_tile(task: dict[str, Any], layers: Layers, class_map: ClassMap) -> np.ndarray:
     """Class values (H, W) of the vectors on one task's tile grid (0 where none)."""
     _, crs, transform, window = task_window(task)
-    height, width = int(window.height), int(window.width)
-    x0, y0 = transform * (0, 0)
-    x1, y1 = transform * (width, height)
-    bounds = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    mask = np.zeros((height, width), dtype=np.uint8)
-    order = {name: i for i, name in enumerate(class_map.draw_order)}
-    for name, frame in sorted(layers.in_crs(crs), key=lambda item: order.get(item[0], -1)):
-        shapes = frame.geometry.values[frame.sindex.query(bounds, predicate="intersects")]
-        if len(shapes):
-            burned = features.rasterize(
-                [(g, 1) for g in shapes],
-                out_shape=(height, width),
-                transform=transform,
-                fill=0,
-                dtype=np.uint8,
-            )
-            mask[burned > 0] = class_map.value(name)
-    return mask
+    return burn_layers(layers, crs, transform, int(window.height), int(window.width), class_map)
 
 
 def bootstrap(
@@ -105,7 +53,7 @@ def bootstrap(
     for name, _ in layers:
         if name not in classes or name == classes[0]:
             raise IlotsError(f"--class {name!r} is not one of the classes ({', '.join(classes[1:])}).")
-    indexed = _Layers(layers)
+    indexed = Layers(layers)
     with_shapes = 0
 
     def predictions() -> Iterator[dict]:

@@ -43,7 +43,7 @@ from rasterio.windows import transform as window_transform
 
 from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path
-from ilots.core.rasters import data_bands, open_georaster, valid_mask
+from ilots.core.rasters import Fill, data_bands, open_georaster, valid_mask
 from ilots.labeling.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def ensure_local_storage(conn: Connection, project_id: int, tiles_dir: Path) -> 
 
 
 def _ortho_tasks(
-    path: Path, storage: Storage, tile_size: int, bands: list[int] | None, skip: set
+    path: Path, storage: Storage, tile_size: int, bands: list[int] | None, skip: set, fill: Fill | None
 ) -> Iterator[dict]:
     """Render the new tiles of one orthophoto and yield their tasks."""
     with open_georaster(path) as src:
@@ -234,13 +234,14 @@ def _ortho_tasks(
         if len(chosen) not in (1, 3):
             chosen = chosen[:1]
         data_idx, alpha = data_bands(src, 3)
+        fill = fill.resolve(src, data_idx) if fill else None
         limits = _stretch_limits(src, chosen)
         crs = src.crs.to_string()
         for window in tile_windows(src.height, src.width, tile_size):
             key = (path.name, int(window.col_off), int(window.row_off), int(window.width), int(window.height))
             if key in skip:
                 continue
-            valid = valid_mask(src, window, data_idx, alpha)
+            valid = valid_mask(src, window, data_idx, alpha, fill)
             if not valid.any():
                 continue
             png = storage.tiles_dir / f"{path.stem}_r{key[2]:05d}_c{key[1]:05d}.png"
@@ -265,8 +266,10 @@ def publish(
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
     bands: list[int] | None = None,
+    fill: Fill | None = None,
 ) -> dict[str, Any]:
-    """Publish orthophotos as labeling tasks; tiles already in the project are skipped.
+    """Publish orthophotos as labeling tasks; tiles already in the project are skipped, and so are
+    tiles with no imagery (alpha, nodata, mask or the ``fill`` colour everywhere).
 
     Returns:
         ``{"project_id", "orthos", "tasks_created", "tasks_existing"}``.
@@ -283,7 +286,7 @@ def publish(
         ensure_local_storage(conn, project_id, storage.tiles_dir)
     created, batch = 0, []
     for path in orthos:
-        for task in _ortho_tasks(path, storage, tile_size, bands, existing):
+        for task in _ortho_tasks(path, storage, tile_size, bands, existing, fill):
             batch.append(task)
             if len(batch) >= IMPORT_BATCH:
                 created += _import(conn, project_id, batch, storage)

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path
 from ilots.core.paths import CONFIG_NAME, project_root
+from ilots.core.rasters import Fill
 
 
 def compose(
@@ -145,3 +146,15 @@ def project_or_default_config() -> tuple[DictConfig, Path]:
     current folder."""
     root, in_project = project_root_or_cwd()
     return (compose(root=root) if in_project else compose(conf_dir=default_conf_dir())), root
+
+
+def imagery_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The ``imagery`` settings (``fill``, ``fill_tolerance``); defaults for configs without them."""
+    imagery = cfg.get("imagery") or {}
+    return {"fill": imagery.get("fill"), "fill_tolerance": float(imagery.get("fill_tolerance") or 0)}
+
+
+def imagery_fill(cfg: DictConfig) -> Fill | None:
+    """The ``imagery.fill`` colour of the project's orthophotos (None: no fill colour)."""
+    settings = imagery_settings(cfg)
+    return Fill.from_setting(settings["fill"], settings["fill_tolerance"])

@@ -18,7 +18,7 @@ from ilots.core.errors import IlotsError
 from ilots.core.paths import resolve_path
 from ilots.labeling.connection import Connection, settings_from_env
 from ilots.pipeline.commands import command
-from ilots.pipeline.config import project_root_or_cwd
+from ilots.pipeline.config import imagery_fill, project_root_or_cwd
 
 
 def _connect() -> Connection:
@@ -119,6 +119,7 @@ def publish(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
             storage,
             tile_size=int(_given(args.tile_size, s.tile_size)),
             bands=parse_bands(_given(args.bands, s.bands)),
+            fill=imagery_fill(cfg),
         )
 
 
@@ -198,8 +199,8 @@ def _bootstrap_arguments(p: argparse.ArgumentParser) -> None:
     config="project",
 )
 def bootstrap(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.core.vectors import read_layer
     from ilots.labeling.bootstrap import bootstrap as push_layers
-    from ilots.labeling.bootstrap import read_layer
     from ilots.pipeline.stages import class_map
 
     if len(args.vector) != len(args.cls):

@@ -20,7 +20,7 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import read_json, write_json
 from ilots.core.paths import project_root, resolve_path
 from ilots.pipeline.commands import command
-from ilots.pipeline.config import to_dict
+from ilots.pipeline.config import imagery_fill, imagery_settings, to_dict
 
 log = logging.getLogger("ilots")
 
@@ -42,24 +42,34 @@ def labels(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_labels(cfg: DictConfig, project_id: int | None = None) -> dict[str, Any]:
-    """The labels stage: pull the export when a server is configured, then rasterize it."""
+    """The labels stage: pull the export when a server is configured, then rasterize it and the
+    vector layers."""
+    from ilots.core.vectors import VectorLayer
     from ilots.data.labels import build_masks
 
-    root = project_root()
-    export = resolve_path(root, cfg.labels.export)
+    root, settings = project_root(), cfg.labels
+    export = resolve_path(root, settings.export) if settings.get("export") else None
     url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
-    if url and key:
+    if url and key and export is not None:
         from ilots.labeling.export import pull_export
 
-        project = int(project_id if project_id is not None else cfg.labels.project_id)
+        project = int(project_id if project_id is not None else settings.project_id)
         log.info("pulling the export of project %s from %s", project, url)
         pull_export(url, key, project, export)
+    vectors = [
+        VectorLayer.from_setting(to_dict(v) if isinstance(v, DictConfig) else v, root, i)
+        for i, v in enumerate(settings.get("vectors") or [])
+    ]
+    area = resolve_path(root, settings.area) if settings.get("area") else None
     return build_masks(
         export,
-        resolve_path(root, cfg.labels.orthos),
-        resolve_path(root, cfg.labels.out),
+        resolve_path(root, settings.orthos),
+        resolve_path(root, settings.out),
         class_map=class_map(cfg),
-        annotators=str(cfg.labels.get("annotators", "latest")),
+        annotators=str(settings.get("annotators", "latest")),
+        vectors=vectors,
+        area=area,
+        fill=imagery_fill(cfg),
     )
 
 
@@ -79,6 +89,7 @@ def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         min_annotated=t.min_annotated,
         classes=list(cfg.classes),
         seed=int(cfg.seed),
+        fill=imagery_fill(cfg),
     )
 
 
@@ -250,7 +261,7 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
 
     root = project_root()
     setup_mlflow(cfg.logger.tracking_uri, root)
-    options = PredictOptions.from_settings(to_dict(cfg.predict), vars(args))
+    options = PredictOptions.from_settings(to_dict(cfg.predict), imagery_settings(cfg), vars(args))
     orthos = input_rasters([Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)])
     out_dir = check_output_folder(
         Path(args.out) if args.out else resolve_path(root, cfg.predict.out), "--out"
