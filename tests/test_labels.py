@@ -522,23 +522,36 @@ def test_merged_labels_become_their_class_and_trees_still_win_over_them(env: dic
     assert set(summary["pixels"]) == {"background", "tree", "unlabeled"}
 
 
-def test_masks_of_the_trees_only_experiment_list_only_its_classes(
-    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("preset", "kept"), [("trees_only", "tree"), ("roofs_only", "roof"), ("water_only", "water")]
+)
+def test_masks_of_a_one_class_preset_list_only_its_classes(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str, kept: str
 ) -> None:
     """The CLASSES tag (what QGIS users and the tiles stage read) names the classes, never the labels
-    merged into them: under experiment=trees_only it was `water,roof,background,tree`."""
+    merged into them: under experiment=trees_only it was `water,roof,background,tree`. Each one-class
+    preset draws its class as 1 and every other label as background."""
     from rasters import enter_project
 
     from ilots.pipeline.config import compose
     from ilots.pipeline.stages import class_map
 
     enter_project(tmp_path / "project", monkeypatch)
-    trees_only = class_map(compose(["experiment=trees_only"]))
-    env["export"].write_text(json.dumps(_good_tasks()), encoding="utf-8")
-    build_masks(env["export"], env["orthos"], env["out"], class_map=trees_only)
+    preset_map = class_map(compose([f"experiment={preset}"]))
+    four = class_map(compose([]))
+    drawn = [brush(square(0, 4, 0, 4), "tree"), brush(square(8, 12, 0, 4), "water"),
+             polygon([(20, 20), (30, 20), (30, 30), (20, 30)], "roof")]  # fmt: skip
+    env["export"].write_text(json.dumps([task(7, 32, 0, [annotation(70, drawn)])]), encoding="utf-8")
+    build_masks(env["export"], env["orthos"], env["out"], class_map=four)
     with rasterio.open(env["out"] / f"{Path(ORTHO).stem}.tif") as src:
-        assert src.tags()["CLASSES"] == "background,tree"
-        assert set(np.unique(src.read(1))) <= {0, 1, 255}
+        full = src.read(1)
+    build_masks(env["export"], env["orthos"], env["out"], class_map=preset_map)
+    with rasterio.open(env["out"] / f"{Path(ORTHO).stem}.tif") as src:
+        assert src.tags()["CLASSES"] == f"background,{kept}"
+        mask = src.read(1)
+    expected = np.where(full == four.value(kept), 1, np.where(full == 255, 255, 0))
+    assert (full == four.value(kept)).any()
+    np.testing.assert_array_equal(mask, expected)
 
 
 @pytest.mark.parametrize("merge", [{"roof": "car"}, {"tree": "background"}])

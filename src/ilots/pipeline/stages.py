@@ -253,20 +253,32 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
     """``ilots predict [INPUT ...] [--model URI] [--out DIR] [--window N] ... [key=value ...]``."""
     from ilots.core.files import check_output_folder
     from ilots.core.orthos import input_rasters
-    from ilots.inference.distributed import launcher_rank, predict_distributed, predict_launched
     from ilots.inference.options import PredictOptions
-    from ilots.inference.runner import predict_orthos
-    from ilots.tracking.pyfunc import load_segmenter
-    from ilots.tracking.store import setup_mlflow
 
+    # Settings, inputs and output folder are checked before torch and MLflow load (seconds).
     root = project_root()
-    setup_mlflow(cfg.logger.tracking_uri, root)
     options = PredictOptions.from_settings(to_dict(cfg.predict), imagery_settings(cfg), vars(args))
     orthos = input_rasters([Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)])
     out_dir = check_output_folder(
         Path(args.out) if args.out else resolve_path(root, cfg.predict.out), "--out"
     )
     model_uri = args.model or cfg.predict.model_uri
+    if (
+        "://" not in model_uri
+        and not model_uri.startswith(("models:", "runs:", "file:"))
+        and not Path(model_uri).exists()
+    ):
+        raise IlotsError(
+            f"--model {model_uri} is neither an MLflow model URI (models:/NAME@ALIAS, runs:/ID/PATH) nor "
+            "an existing bundle folder: give one of them."
+        )
+
+    from ilots.inference.distributed import launcher_rank, predict_distributed, predict_launched
+    from ilots.inference.runner import predict_orthos
+    from ilots.tracking.pyfunc import load_segmenter
+    from ilots.tracking.store import setup_mlflow
+
+    setup_mlflow(cfg.logger.tracking_uri, root)
     segmenter = load_segmenter(model_uri)
     rank, world_size = launcher_rank()
     if world_size > 1:
