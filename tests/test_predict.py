@@ -427,7 +427,7 @@ def test_cli_bad_input_is_one_clear_error_and_writes_nothing(
     }[case]()
     assert main(["predict", str(src), "--model", model, "--out", str(project / "preds")]) == 2
     message = {
-        "unresolvable model": "cannot be loaded",
+        "unresolvable model": "has no alias @champion of 'no-such-model'",
         "band mismatch": "has 4 bands",
         "no crs": "has no CRS",
     }[case]

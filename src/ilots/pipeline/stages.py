@@ -273,12 +273,15 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
             "an existing bundle folder: give one of them."
         )
 
+    from ilots.tracking.store import check_registered, setup_mlflow
+
+    setup_mlflow(cfg.logger.tracking_uri, root)
+    check_registered(model_uri)  # a missing model is reported before torch loads
+
     from ilots.inference.distributed import launcher_rank, predict_distributed, predict_launched
     from ilots.inference.runner import predict_orthos
     from ilots.tracking.pyfunc import load_segmenter
-    from ilots.tracking.store import setup_mlflow
 
-    setup_mlflow(cfg.logger.tracking_uri, root)
     segmenter = load_segmenter(model_uri)
     rank, world_size = launcher_rank()
     if world_size > 1:

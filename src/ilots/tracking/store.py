@@ -39,3 +39,36 @@ def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None
 def redact(uri: str) -> str:
     """A tracking URI fit for logs: any ``user:password@`` part replaced by ``***@``."""
     return re.sub(r"//[^/@]+@", "//***@", uri)
+
+
+def check_registered(uri: str) -> None:
+    """Fail early, before torch loads, when ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names
+    no registered version.
+
+    Raises:
+        IlotsError: the registry has no such model, alias or version.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from ilots.core.errors import IlotsError
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if match is None:
+        return
+    name, alias, version = match.groups()
+    client = MlflowClient()
+    try:
+        if alias:
+            client.get_model_version_by_alias(name, alias)
+        else:
+            client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        which = f"alias @{alias}" if alias else f"version {version}"
+        raise IlotsError(
+            f"model {uri}: the registry at {redact(mlflow.get_tracking_uri())} has no {which} of "
+            f"{name!r}: train and register one (`dvc repro`), or check `ilots models list` and "
+            "MLFLOW_TRACKING_URI."
+        ) from None
