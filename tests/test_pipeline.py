@@ -70,20 +70,30 @@ def test_run_is_tracked_and_champion_registered(trained: dict) -> None:
     assert "| roof |" in card and "Limits" in card
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss_epoch")
     assert len(history) == 6
+    # the network (register) and the baseline (registered before it) compete for @champion
+    network = json.loads((root / "experiments" / "register" / "registered.json").read_text())
+    baseline = json.loads((root / "experiments" / "baseline" / "registered.json").read_text())
+    better = network if network["test_miou"] >= baseline["test_miou"] else baseline
     champion = mlflow.MlflowClient().get_model_version_by_alias("ilots-segmenter", "champion")
-    assert int(champion.version) == 1
+    assert (int(champion.version), champion.tags["family"]) == (better["version"], better["family"])
+    assert {network["family"], baseline["family"]} == {"network", "random-forest"}
     model = mlflow.pyfunc.load_model("models:/ilots-segmenter@champion")
     assert model.metadata.metadata["classes"] == ["background", "tree", "water", "roof"]
     window = np.zeros((1, 4, 64, 64), np.uint8)
     assert model.predict(window).shape == (1, 64, 64)
 
 
-def test_frugal_baseline_is_scored_tracked_and_registered_beside_the_network(trained: dict) -> None:
+def test_frugal_baseline_is_scored_tracked_and_registered_as_a_version_of_the_same_model(
+    trained: dict,
+) -> None:
     root = trained["root"]
     baseline = json.loads((root / "experiments" / "baseline" / "metrics.json").read_text())
-    assert baseline["model"] == "ilots-segmenter-baseline" and 0 < baseline["test"]["miou"] <= 1
+    assert 0 < baseline["test"]["miou"] <= 1
+    registered = json.loads((root / "experiments" / "baseline" / "registered.json").read_text())
+    assert registered["name"] == "ilots-segmenter" and registered["family"] == "random-forest"
+    assert registered["test_miou"] == pytest.approx(baseline["test"]["miou"], abs=1e-4)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/ilots-segmenter-baseline@champion")
+    model = mlflow.pyfunc.load_model(f"models:/ilots-segmenter/{registered['version']}")
     window = np.full((2, 4, 32, 32), 90, np.uint8)
     assert model.predict(window).shape == (2, 32, 32)
     runs = mlflow.search_runs(experiment_names=["ilots"])

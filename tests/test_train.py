@@ -195,3 +195,21 @@ def test_a_batch_with_no_annotated_pixel_gives_a_zero_loss_not_nan() -> None:
     loss = module.training_step(batch, 0)
     loss.backward()
     assert float(loss) == 0.0 and torch.isfinite(net.weight.grad).all()
+
+
+def test_two_trainings_get_different_names_saying_what_was_trained(project: Path) -> None:
+    """Runs were all named alike (MLflow's name generator is seeded by seed_everything)."""
+    import re
+
+    import mlflow
+
+    from ilots.pipeline.train import train
+
+    quick = [*QUICK, "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1"]
+    names = [
+        mlflow.get_run(train(compose([*quick, *extra]))["run_id"]).info.run_name
+        for extra in ([], ["loss=ce_dice"])
+    ]
+    assert re.fullmatch(r"unet-resnet18-ce-\d{8}-\d{6}-[0-9a-f]{4}", names[0]), names
+    assert re.fullmatch(r"unet-resnet18-ce_dice-\d{8}-\d{6}-[0-9a-f]{4}", names[1]), names
+    assert names[0].removeprefix("unet-resnet18-ce-") != names[1].removeprefix("unet-resnet18-ce_dice-")

@@ -23,7 +23,7 @@ from ilots.core.errors import IlotsError
 from ilots.inference.forward import resolve_device
 from ilots.inference.options import PredictOptions
 from ilots.inference.runner import predict_orthos
-from ilots.models.bundle import Segmenter
+from ilots.models.family import SegmentationModel
 
 log = logging.getLogger("ilots.predict")
 
@@ -32,7 +32,7 @@ POLL_S = 0.2
 
 
 def _share(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     orthos: Sequence[Path],
     out_dir: Path,
     options: PredictOptions,
@@ -93,7 +93,7 @@ def merge(gathered: Sequence[dict[str, Any]], orthos: Sequence[Path]) -> dict[st
 
 
 def predict_distributed(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     orthos: Sequence[Path],
     out_dir: Path,
     options: PredictOptions,
@@ -149,7 +149,7 @@ def launcher_rank() -> tuple[int, int]:
 
 
 def predict_launched(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     orthos: Sequence[Path],
     out_dir: Path,
     options: PredictOptions,

@@ -1,17 +1,15 @@
-"""The forward pass: device choice, batches through the segmenter with optional flip TTA, and the
-fingerprint of a model's weights that resumed outputs are checked against."""
+"""The forward pass: device choice, and batches through the model (either family) with optional flip
+TTA."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
 from numpy.typing import NDArray
 
 from ilots.core.errors import IlotsError
-from ilots.models.bundle import Segmenter
+from ilots.models.family import SegmentationModel
 
 
 def resolve_device(device: str, rank: int = 0) -> str:
@@ -29,8 +27,10 @@ def resolve_device(device: str, rank: int = 0) -> str:
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-def forward(segmenter: Segmenter, batch: NDArray[Any], *, tta: bool, precision: str) -> NDArray[Any]:
-    """Class probabilities (N, classes, H, W) float32 for a raw batch, averaged over flips with ``tta``."""
+def forward(segmenter: SegmentationModel, batch: NDArray[Any], *, tta: bool, precision: str) -> NDArray[Any]:
+    """Class probabilities (N, classes, H, W) float32 for a raw batch, averaged over flips with ``tta``.
+
+    The batch goes to the model's device (a random forest stays on the CPU)."""
     image = torch.from_numpy(batch)
     device = segmenter.device
     if device.type == "cuda":
@@ -47,13 +47,3 @@ def forward(segmenter: Segmenter, batch: NDArray[Any], *, tta: bool, precision: 
         if tta:
             probs = probs / len(TTA_FLIPS)
     return probs.float().cpu().numpy()
-
-
-def model_fingerprint(segmenter: Segmenter) -> str:
-    """A digest of the network's class, weights and metadata: what the resume signature trusts."""
-    digest = hashlib.sha256(type(segmenter.net).__qualname__.encode())
-    digest.update(json.dumps(segmenter.meta, sort_keys=True, default=str).encode())
-    for name, tensor in segmenter.net.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()

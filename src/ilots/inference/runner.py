@@ -30,12 +30,12 @@ from ilots.core.files import atomic_path
 from ilots.core.orthos import check_unique_stems
 from ilots.core.rasters import data_bands, open_georaster, write_cog
 from ilots.inference.blending import Frontier
-from ilots.inference.forward import forward, model_fingerprint, resolve_device
+from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
 from ilots.inference.options import PredictOptions
 from ilots.inference.resume import is_complete, output_paths, remove_stale_parts, signature
 from ilots.inference.writer import BlockWriter, output_profile
-from ilots.models.bundle import Segmenter
+from ilots.models.family import SegmentationModel
 
 log = logging.getLogger("ilots.predict")
 
@@ -79,7 +79,9 @@ def _remove(paths: Sequence[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def check_bands(src: DatasetReader, src_path: Path, segmenter: Segmenter) -> tuple[list[int], int | None]:
+def check_bands(
+    src: DatasetReader, src_path: Path, segmenter: SegmentationModel
+) -> tuple[list[int], int | None]:
     """The input's data bands and alpha band; a clear error when they do not match the model."""
     bands, alpha = data_bands(src, segmenter.in_channels)
     if len(bands) != segmenter.in_channels:
@@ -91,7 +93,7 @@ def check_bands(src: DatasetReader, src_path: Path, segmenter: Segmenter) -> tup
 
 
 def predict_raster(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     src_path: Path,
     dest: Path,
     options: PredictOptions | None = None,
@@ -153,7 +155,12 @@ def predict_raster(
 
 
 def predict_one(
-    segmenter: Segmenter, src_path: Path, out_dir: Path, options: PredictOptions, model_uri: str, fp: str
+    segmenter: SegmentationModel,
+    src_path: Path,
+    out_dir: Path,
+    options: PredictOptions,
+    model_uri: str,
+    fp: str,
 ) -> dict[str, Any]:
     """Predict one input unless its outputs are already complete; its summary entry."""
     dests = output_paths(src_path, out_dir, options.probabilities)
@@ -180,7 +187,7 @@ def predict_one(
 
 
 def predict_orthos(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     orthos: Sequence[Path],
     out_dir: Path,
     options: PredictOptions | None = None,
@@ -194,7 +201,7 @@ def predict_orthos(
     options = options or PredictOptions()
     check_unique_stems(orthos)
     segmenter.to(resolve_device(options.device, rank))
-    fp = model_fingerprint(segmenter)
+    fp = segmenter.fingerprint()
     return {
         p.name: predict_one(segmenter, p, out_dir, options, model_uri, fp) for p in orthos[rank::world_size]
     }

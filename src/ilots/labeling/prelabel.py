@@ -125,13 +125,24 @@ def _read_tile(orthos_dir: Path, task: Mapping[str, Any], n_bands: int) -> np.nd
 
 def predict_tile(segmenter: Any, pixels: np.ndarray) -> Any:
     """Class probabilities (classes, H, W) of one tile; tiles are mirrored up to a multiple of 32
-    first, so that narrow edge tiles (e.g. 16 px) predict too.
+    first, so that narrow edge tiles (e.g. 16 px) predict too (a network downsamples by 32).
     """
     height, width = pixels.shape[-2:]
     pad_h, pad_w = (-height) % 32, (-width) % 32
     if pad_h or pad_w:
         pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
     return segmenter.predict_proba(pixels[None])[0, :, :height, :width]
+
+
+def tile_prelabel(
+    segmenter: Any, pixels: np.ndarray, labels: Sequence[str]
+) -> tuple[list[dict[str, Any]], float]:
+    """The brush regions a model (network or random-forest baseline) predicts on one tile's raw
+    pixels (bands, H, W), and its score: the mean probability of the winning class."""
+    probs = predict_tile(segmenter, pixels)
+    confidence, winner = probs.max(dim=0)
+    classes = winner.to("cpu").numpy().astype(np.uint8)
+    return brush_results(classes, segmenter.classes, labels), round(float(confidence.mean()), 6)
 
 
 def _unlabeled_tasks(conn: Connection, project_id: int, model_version: str) -> Iterator[dict]:
@@ -163,10 +174,7 @@ def prelabel(
     def predictions() -> Iterator[dict]:
         for task in _unlabeled_tasks(conn, project_id, model_version):
             pixels = _read_tile(Path(orthos_dir), task, segmenter.in_channels)
-            probs = predict_tile(segmenter, pixels)
-            confidence, winner = probs.max(dim=0)
-            score = round(float(confidence.mean()), 6)
-            result = brush_results(winner.to("cpu").numpy().astype(np.uint8), segmenter.classes, labels)
+            result, score = tile_prelabel(segmenter, pixels, labels)
             scores.append((score, task["id"]))
             yield {"task": task["id"], "result": result, "score": score, "model_version": model_version}
 

@@ -10,6 +10,7 @@ downloaded bundle naming anything else (``os.system``, a nested ``_target_``) is
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
+from ilots.models.family import NETWORK
 from ilots.models.nets import build_network
 
 META_FILE = "ilots-model.json"
@@ -61,6 +63,8 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
 
 class Segmenter:
     """A network and its metadata; predicts class probabilities from raw raster windows."""
+
+    family = NETWORK
 
     def __init__(self, net: nn.Module, meta: Mapping[str, Any]) -> None:
         self.net = net.eval()
@@ -105,6 +109,15 @@ class Segmenter:
             normalized = torch.nn.functional.pad(normalized, (0, pad_w, 0, pad_h), mode=mode)
         logits = self.net(normalized)[..., :height, :width]
         return logits.float().softmax(dim=1)
+
+    def fingerprint(self) -> str:
+        """A digest of the network's class, weights and metadata: what the resume signature trusts."""
+        digest = hashlib.sha256(type(self.net).__qualname__.encode())
+        digest.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        for name, tensor in self.net.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, folder: Path) -> None:
         """Write the bundle (weights + metadata JSON) into ``folder``."""

@@ -20,7 +20,7 @@ def _registry(cfg: DictConfig) -> tuple[str, str]:
     return str(cfg.register.model_name), str(cfg.register.alias)
 
 
-@command("models list", "versions, aliases (@champion, @challenger) and test scores.")
+@command("models list", "versions, aliases (@champion, @challenger), model family and test scores.")
 def list_models(args: argparse.Namespace, cfg: DictConfig) -> None:
     from ilots.tracking.registry import list_versions
 
@@ -31,7 +31,7 @@ def list_models(args: argparse.Namespace, cfg: DictConfig) -> None:
     for row in rows:
         tags = " ".join(f"{k}={float(v):.4f}" for k, v in row.items() if k.startswith("test_"))
         aliases = ",".join(f"@{a}" for a in row["aliases"]) or "-"
-        print(f"v{row['version']:<4} {aliases:<24} {tags}  run {row['run_id']}")
+        print(f"v{row['version']:<4} {aliases:<24} {row['family']:<14} {tags}  run {row['run_id']}")
 
 
 def _version_argument(p: argparse.ArgumentParser) -> None:
@@ -73,6 +73,7 @@ def _onnx_arguments(p: argparse.ArgumentParser) -> None:
 )
 def export_onnx(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     """``ilots export-onnx --out FILE [--model URI] [--size N] [--overlap N] [--resolution CM]``."""
+    from ilots.models.bundle import Segmenter
     from ilots.models.onnx import export_onnx as export
     from ilots.tracking.pyfunc import load_segmenter
     from ilots.tracking.store import setup_mlflow
@@ -81,6 +82,11 @@ def export_onnx(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     model_uri = args.model or cfg.predict.model_uri
     size = args.size or int(cfg.predict.window)
     overlap = args.overlap if args.overlap is not None else int(cfg.predict.overlap)
-    props = export(load_segmenter(model_uri), Path(args.out), size=size, overlap=overlap,
-                   resolution_cm=args.resolution)  # fmt: skip
+    model = load_segmenter(model_uri)
+    if not isinstance(model, Segmenter):
+        raise IlotsError(
+            f"model {model_uri} is a {model.family} baseline, and ONNX export covers networks only: "
+            "pass --model with a network version (`ilots models list` shows each version's family)."
+        )
+    props = export(model, Path(args.out), size=size, overlap=overlap, resolution_cm=args.resolution)
     return {"model": model_uri, "onnx": args.out, "metadata": props}

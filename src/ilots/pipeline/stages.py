@@ -168,6 +168,7 @@ def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
 
 @command("register", "register the model in MLflow; move the champion alias if it is not worse.")
 def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.models.family import NETWORK
     from ilots.tracking.registry import register as register_model
     from ilots.tracking.store import setup_mlflow
 
@@ -194,32 +195,45 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         metric=metric,
         challenger_alias=cfg.register.challenger_alias,
         run_id=run["run_id"],
+        family=NETWORK,
     )
     write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
     return result
 
 
-@command("baseline", "the frugal baseline: a per-pixel random forest, scored on the test chips.")
+@command(
+    "baseline",
+    "the frugal baseline: a per-pixel random forest, scored on the test chips and registered beside "
+    "the networks (champion when it scores better).",
+)
 def baseline(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
+    from ilots.models.family import RANDOM_FOREST
     from ilots.tracking.registry import register as register_model
-    from ilots.tracking.store import setup_mlflow
+    from ilots.tracking.store import run_name, setup_mlflow
     from ilots.training.baseline import log_baseline, train_baseline
 
-    root, b = project_root(), cfg.baseline
+    root, b, r = project_root(), cfg.baseline, cfg.register
     model, result, cm = train_baseline(
         resolve_path(root, cfg.tiles.out), classes=list(cfg.classes), pixels=int(b.pixels),
         trees=int(b.trees), max_depth=b.max_depth, seed=int(cfg.seed), ignore_index=int(cfg.ignore_index),
     )  # fmt: skip
+    metric = str(r.metric)
+    if metric not in result:
+        raise IlotsError(f"register.metric={metric} is not among the baseline's test metrics: use miou.")
     setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
     params = {"pixels": b.pixels, "trees": b.trees, "max_depth": b.max_depth, "seed": cfg.seed}
-    uri = log_baseline(model, result, cm, params)
-    metric = str(cfg.register.metric)
-    reg = register_model(uri, float(result[metric]), name=f"{cfg.register.model_name}-baseline",
-                         alias=cfg.register.alias, min_gain=0.0, metric=metric)  # fmt: skip
+    name = run_name("baseline", "rf", f"{b.trees}trees")
+    uri, run_id = log_baseline(model, result, cm, params, name)
+    # the same registered model and rule as the networks: the champion is the better family
+    reg = register_model(uri, float(result[metric]), name=r.model_name, alias=r.alias,
+                         min_gain=float(r.min_gain), metric=metric, challenger_alias=r.challenger_alias,
+                         run_id=run_id, family=RANDOM_FOREST)  # fmt: skip
     scores = {k: round(v, 4) if v == v else None for k, v in result.items()}
-    write_json(resolve_path(root, b.out) / "metrics.json", {"test": scores, "confusion": cm.tolist(),
-               "classes": list(cfg.classes), "model": reg["name"], "version": reg["version"]})  # fmt: skip
-    return scores
+    out = resolve_path(root, b.out)
+    write_json(out / "metrics.json", {"test": scores, "confusion": cm.tolist(), "classes": list(cfg.classes),
+                                      "run_id": run_id})  # fmt: skip
+    write_json(out / "registered.json", reg)
+    return {"test": scores, "registered": reg}
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -303,9 +317,24 @@ def _iou_line(metrics_path: Path, classes: Sequence[str]) -> str:
     return f"{ious} (mIoU {test['miou']:.3f})"
 
 
+def _champion_line(name: str, alias: str) -> str:
+    """``ilots-segmenter version 4 (random-forest, test_miou 0.9030)``, from the registry."""
+    from ilots.tracking.registry import list_versions
+
+    try:
+        rows = list_versions(name)
+    except IlotsError as exc:
+        return f"unknown: {exc}"
+    row = next((r for r in rows if alias in r["aliases"]), None)
+    if row is None:
+        return f"none yet: no version of {name} holds @{alias}."
+    scores = ", ".join(f"{k} {float(v):.4f}" for k, v in row.items() if k.startswith("test_"))
+    return f"{name} version {row['version']} @{alias} ({row['family']}, {scores})"
+
+
 @command("summary", "print where the results are: metrics, registered model, predictions, MLflow UI.")
 def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
-    from ilots.tracking.store import redact, tracking_uri
+    from ilots.tracking.store import redact, setup_mlflow, tracking_uri
 
     root = project_root()
     exp = resolve_path(root, cfg.paths.experiments)
@@ -317,14 +346,24 @@ def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
     baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
     if baseline_path.is_file():
         lines.append(f"  baseline IoU    {_iou_line(baseline_path, cfg.classes)}, per-pixel random forest")
-    registered = resolve_path(root, cfg.register.out) / "registered.json"
-    if registered.is_file():
+    registrations = [
+        path
+        for path in (
+            resolve_path(root, cfg.register.out) / "registered.json",
+            resolve_path(root, cfg.baseline.out) / "registered.json",
+        )
+        if path.is_file()
+    ]
+    for registered in registrations:
         reg = json.loads(registered.read_text())
         lines.append(
-            f"  model           {reg['name']} version {reg['version']}"
-            f" ({'now' if reg['promoted'] else 'not'} @{cfg.register.alias};"
-            f" champion is version {reg['champion_version']})"
+            f"  registered      {reg['name']} version {reg['version']} ({reg.get('family') or 'network'},"
+            f" {'now' if reg['promoted'] else 'not'} @{cfg.register.alias} when registered)"
         )
+    if registrations:
+        setup_mlflow(cfg.logger.tracking_uri, root)
+        champion = _champion_line(str(cfg.register.model_name), str(cfg.register.alias))
+        lines.append(f"  champion        {champion}")
     out = resolve_path(root, cfg.predict.out)
     rasters = sorted(out.glob("*.tif")) if out.is_dir() else []
     shown = out.relative_to(root) if out.is_relative_to(root) else out

@@ -21,7 +21,7 @@ from ilots.models.losses import auto_class_weights
 from ilots.models.module import SegmentationModule
 from ilots.models.nets import build_net
 from ilots.pipeline.config import build, to_dict
-from ilots.tracking.store import setup_mlflow
+from ilots.tracking.store import run_name, setup_mlflow
 from ilots.training.fit import FitSettings, fit
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,25 @@ def build_loss(cfg: DictConfig, datamodule: ChipDataModule) -> torch.nn.Module:
         return node
 
     return build(resolve(loss_cfg))  # type: ignore[no-any-return]
+
+
+# Short names of the losses in conf/loss (others: the class name without "Loss", lower case).
+LOSS_NAMES = {"CrossEntropyLoss": "ce", "DiceLoss": "dice", "FocalLoss": "focal"}
+
+
+def loss_name(loss_cfg: dict[str, Any]) -> str:
+    """``ce``, ``dice``, ``focal``; ``ce_dice`` for a SumLoss of those terms."""
+    target = str(loss_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    if target == "SumLoss" and isinstance(loss_cfg.get("terms"), dict):
+        return "_".join(loss_name(term) for term in loss_cfg["terms"].values() if isinstance(term, dict))
+    return LOSS_NAMES.get(target, target.removesuffix("Loss").lower() or "loss")
+
+
+def train_run_name(cfg: DictConfig) -> str:
+    """The MLflow run name of a training: architecture, encoder, loss, time (``unet-resnet34-ce-...``)."""
+    model = to_dict(cfg.model)
+    architecture = str(model.get("_target_", "net")).rsplit(".", 1)[-1]
+    return run_name(architecture, str(model.get("encoder_name") or ""), loss_name(to_dict(cfg.loss)))
 
 
 def build_module(cfg: DictConfig, datamodule: ChipDataModule) -> tuple[SegmentationModule, dict[str, Any]]:
@@ -94,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         root=root,
         experiments=resolve_path(root, cfg.paths.experiments),
         experiment_name=str(cfg.logger.experiment_name),
+        run_name=train_run_name(cfg),
         trainer=to_dict(cfg.trainer),
         params=to_dict(cfg),
         config_text=OmegaConf.to_yaml(cfg),

@@ -1,5 +1,6 @@
 """The MLflow face of ilots models: pyfunc wrappers that predict class arrays from raster windows,
-and :func:`load_segmenter`, which loads a model from an MLflow URI or a local bundle folder."""
+and :func:`load_segmenter`, which loads a model of either family (a network or the random-forest
+baseline) from an MLflow URI or a local bundle folder."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from ilots.core.errors import IlotsError
 from ilots.models.bundle import META_FILE, Segmenter
+from ilots.models.family import SegmentationModel
 
 
 @contextlib.contextmanager
@@ -90,8 +92,9 @@ def log_baseline_model(classifier: Any, metadata: dict[str, Any]) -> str:
     return str(info.model_uri)
 
 
-def load_segmenter(uri: str) -> Any:
-    """A segmenter (or the baseline) from an MLflow model URI or a local bundle / MLflow model folder.
+def load_segmenter(uri: str) -> SegmentationModel:
+    """A model of either family (a network segmenter or the random-forest baseline) from an MLflow
+    model URI or a local bundle / MLflow model folder; both predict through the same face.
 
     Raises:
         IlotsError: the URI does not resolve, or names a model that is not an ilots segmenter.
@@ -109,6 +112,6 @@ def load_segmenter(uri: str) -> Any:
             "check the URI, the registry alias, or MLFLOW_TRACKING_URI."
         ) from exc
     segmenter = getattr(model.unwrap_python_model(), "segmenter", None)
-    if segmenter is None:
+    if not isinstance(segmenter, SegmentationModel):
         raise IlotsError(f"model {uri} is not an ilots segmenter (nor the ilots baseline).")
     return segmenter

@@ -2,6 +2,10 @@
 
 Promotion rule: a new version becomes ``champion`` when there is none yet, or when its test
 ``metric`` is at least the champion's plus ``min_gain``; otherwise it becomes ``challenger``.
+Both model families (networks from the register stage, the random-forest baseline from the baseline
+stage) are versions of the same registered model under this one rule, each tagged with its
+``family``: with ``min_gain`` 0 the champion is the better of the two whichever registers first
+(with ``min_gain`` > 0, a score within ``min_gain`` of the other keeps the one registered first).
 ``ilots models list | promote VERSION | rollback`` manage the aliases by hand; every promotion
 records the previous champion in the version's ``previous_champion`` tag, which rollback follows.
 
@@ -35,6 +39,7 @@ LOCK_SUFFIX = "--lock"
 STALE_LOCK_S = 600.0
 LOCK_WAIT_S = 300.0
 LOCK_POLL_S = 0.25
+FAMILY_TAG = "family"  # model-version tag: network | random-forest (ilots.models.family)
 
 
 @contextlib.contextmanager
@@ -119,10 +124,13 @@ def register(
     metric: str = "miou",
     challenger_alias: str = "challenger",
     run_id: str | None = None,
+    family: str | None = None,
 ) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``name``; make it champion or challenger."""
+    """Register ``model_uri`` as a new version of ``name`` (tagged with its model ``family``); make it
+    champion or challenger."""
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={metric_tag(metric): f"{test_score:.6f}"})
+    tags = {metric_tag(metric): f"{test_score:.6f}", **({FAMILY_TAG: family} if family else {})}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     with registry_lock(client, name):
         champion, champion_score = current_champion(client, name, alias, metric)
         promoted = champion is None or champion_score is None or test_score >= champion_score + min_gain
@@ -143,6 +151,7 @@ def register(
     return {
         "name": name,
         "version": int(version.version),
+        "family": family,
         f"test_{metric}": test_score,
         "promoted": promoted,
         "alias": alias if promoted else challenger_alias,
@@ -153,7 +162,8 @@ def register(
 
 
 def list_versions(name: str) -> list[dict[str, Any]]:
-    """Every version of a registered model with its aliases, test metrics and run."""
+    """Every version of a registered model with its aliases, family (``unknown`` for versions
+    registered before ilots tagged it), test metrics and run."""
     client = MlflowClient()
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -166,6 +176,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             {
                 "version": int(full.version),
                 "aliases": list(full.aliases),
+                "family": full.tags.get(FAMILY_TAG, "unknown"),
                 **{k: v for k, v in full.tags.items() if k.startswith("test_")},
                 "run_id": full.run_id,
                 "created": full.creation_timestamp,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import time
 from pathlib import Path
 
 import mlflow
@@ -72,3 +74,14 @@ def check_registered(uri: str) -> None:
             f"{name!r}: train and register one (`dvc repro`), or check `ilots models list` and "
             "MLFLOW_TRACKING_URI."
         ) from None
+
+
+def run_name(*parts: str) -> str:
+    """A run name that says what ran and when: ``unet-resnet34-ce-20261201-143005-7f3a``.
+
+    The parts come from the configuration; the local time and 4 random hex digits follow (drawn
+    from the OS, not from the seeded generators, so that two runs started in the same second, with
+    the same seed, still differ).
+    """
+    words = [re.sub(r"[^A-Za-z0-9_.+]+", "_", p).strip("_").lower() for p in parts]
+    return "-".join([*(w for w in words if w), time.strftime("%Y%m%d-%H%M%S"), secrets.token_hex(2)])

@@ -1,10 +1,10 @@
-"""The frugal baseline: a per-pixel random forest on spectral and texture features.
+"""The frugal baseline: training the per-pixel random forest of :mod:`ilots.models.forest`.
 
-Features per pixel: the bands, NDVI and NDWI (when red, green and near-infrared are present),
-brightness, and local mean and standard deviation of brightness and NIR (5 x 5 px): the texture
-that tells a tree crown from a lawn. Trained on a random sample of annotated train pixels, scored
-on the test chips with the same metrics as the networks, tracked in MLflow and registered as
-``<model_name>-baseline``, so every report shows what deep learning gains over it.
+Trained on a random sample of annotated train pixels, scored on the test chips with the same
+metrics as the networks and tracked in MLflow; the baseline stage registers it as a version of the
+same registered model as the networks (tagged ``family=random-forest``), under the same promotion
+rule: the champion is whichever family scored better, and every report shows what deep learning
+gains over it.
 """
 
 from __future__ import annotations
@@ -16,67 +16,24 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
-from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import read_json
-from ilots.models.metrics import confusion_matrix, scores
+from ilots.models.family import RANDOM_FOREST
+from ilots.models.forest import PixelClassifier, pixel_features
+from ilots.models.metrics import scores
 from ilots.tracking.pyfunc import log_baseline_model
-from ilots.training.evaluate import raw_chips
+from ilots.training.evaluate import raw_chips, split_confusion
+
+# PixelClassifier is re-exported: baselines logged before it moved to ilots.models.forest are
+# pickles naming ilots.training.baseline.PixelClassifier.
+__all__ = ["PixelClassifier", "log_baseline", "sample_pixels", "test_scores", "train_baseline"]
 
 log = logging.getLogger(__name__)
 
-
-def band_index(band_names: Sequence[str], name: str) -> int | None:
-    """Position of a band by name (``red``, ``green``, ``nir``), or None."""
-    lowered = [b.lower() for b in band_names]
-    return lowered.index(name) if name in lowered else None
-
-
-def pixel_features(image: np.ndarray, band_names: Sequence[str]) -> np.ndarray:
-    """(bands, H, W) raster values -> (H * W, features) float32."""
-    bands = image.astype(np.float32)
-    brightness = bands[: min(3, len(bands))].mean(axis=0)
-    layers = [*bands, brightness]
-    red, green, nir = (band_index(band_names, n) for n in ("red", "green", "nir"))
-    if nir is not None and red is not None:
-        layers.append((bands[nir] - bands[red]) / (bands[nir] + bands[red] + 1e-3))
-    if nir is not None and green is not None:
-        layers.append((bands[green] - bands[nir]) / (bands[green] + bands[nir] + 1e-3))
-    for layer in [brightness] + ([bands[nir]] if nir is not None else []):
-        mean = ndimage.uniform_filter(layer, 5)
-        layers += [mean, np.sqrt(np.maximum(ndimage.uniform_filter(layer**2, 5) - mean**2, 0))]
-    return np.stack(layers, axis=-1).reshape(-1, len(layers))
-
-
-class PixelClassifier:
-    """A random forest over pixel features, with the same face as a network ``Segmenter``."""
-
-    def __init__(self, forest: RandomForestClassifier, classes: Sequence[str], band_names: Sequence[str]):
-        self.forest = forest
-        self.classes = list(classes)
-        self.band_names = list(band_names)
-
-    @property
-    def in_channels(self) -> int:
-        return len(self.band_names)
-
-    def predict_proba(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes, H, W) for raw windows (N, bands, H, W)."""
-        batch = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image)
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.shape[1] != self.in_channels:
-            raise IlotsError(f"the baseline expects {self.in_channels} bands but got {batch.shape[1]}.")
-        n, _, h, w = batch.shape
-        out = np.zeros((n, len(self.classes), h, w), dtype=np.float32)
-        for i, window in enumerate(batch):
-            proba = self.forest.predict_proba(pixel_features(window, self.band_names))
-            out[i, self.forest.classes_] = proba.T.reshape(len(self.forest.classes_), h, w)
-        return torch.from_numpy(out)
+TEST_BATCH = 8  # test chips per forest call
 
 
 def sample_pixels(tiles_dir: Path, bands: list[str], pixels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,15 +57,9 @@ def sample_pixels(tiles_dir: Path, bands: list[str], pixels: int, seed: int) -> 
 def test_scores(
     model: PixelClassifier, tiles_dir: Path, ignore_index: int
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Scores and confusion matrix on the test chips."""
-    n = len(model.classes)
-    cm = torch.zeros(n, n, dtype=torch.long)
-    chips = raw_chips(tiles_dir, "test", model.in_channels)
-    for i in range(len(chips)):
-        sample = chips[i]
-        pred = model.predict_proba(sample["image"].numpy()).argmax(1)
-        cm += confusion_matrix(pred, sample["mask"][None], n, ignore_index)
-    return scores(cm.numpy(), model.classes), cm.numpy()
+    """Scores and confusion matrix on the test chips (the function that scores the networks)."""
+    cm = split_confusion(model, tiles_dir, TEST_BATCH, ignore_index)
+    return scores(cm, model.classes), cm
 
 
 def train_baseline(
@@ -128,14 +79,15 @@ def train_baseline(
 
 
 def log_baseline(
-    model: PixelClassifier, result: dict[str, float], cm: np.ndarray, params: dict[str, Any]
-) -> str:
-    """Log the baseline run (params, test metrics, confusion, model) to MLflow; return the model URI."""
-    with mlflow.start_run(run_name="baseline-random-forest", tags={"stage": "baseline"}):
+    model: PixelClassifier, result: dict[str, float], cm: np.ndarray, params: dict[str, Any], run_name: str
+) -> tuple[str, str]:
+    """Log the baseline run (params, test metrics, confusion, model) to MLflow as ``run_name``;
+    return the model URI and the run id."""
+    with mlflow.start_run(run_name=run_name, tags={"stage": "baseline", "family": RANDOM_FOREST}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if v == v})
         mlflow.log_dict({"classes": model.classes, "confusion": cm.tolist()}, "evaluation/confusion.json")
         uri = log_baseline_model(
-            model, {"classes": model.classes, "band_names": model.band_names, "kind": "random-forest"}
+            model, {"classes": model.classes, "band_names": model.band_names, "kind": RANDOM_FOREST}
         )
-    return uri
+    return uri, run.info.run_id

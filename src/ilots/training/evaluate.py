@@ -20,14 +20,16 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, write_json
 from ilots.data.chips import ChipDataModule, ChipDataset
 from ilots.models.bundle import Segmenter
+from ilots.models.family import SegmentationModel
 from ilots.models.metrics import confusion_matrix, scores
 from ilots.training.figures import confusion_figure, overlay_figure
 
 
 def split_confusion(
-    segmenter: Segmenter, tiles_dir: Path, batch_size: int, ignore_index: int, split: str = "test"
+    segmenter: SegmentationModel, tiles_dir: Path, batch_size: int, ignore_index: int, split: str = "test"
 ) -> np.ndarray:
-    """Confusion matrix ``cm[true, predicted]`` of the segmenter over the chips of a split."""
+    """Confusion matrix ``cm[true, predicted]`` of a model (either family) over the chips of a split:
+    networks and the baseline are scored by this one function on the same chips."""
     # Chips are fed raw: the segmenter normalizes with its own statistics.
     dataset = raw_chips(tiles_dir, split, segmenter.in_channels)
     if len(dataset) == 0:
@@ -54,7 +56,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], dest: Path) -> None:
 
 
 def evaluate(
-    segmenter: Segmenter,
+    segmenter: SegmentationModel,
     tiles_dir: Path,
     out_dir: Path,
     *,

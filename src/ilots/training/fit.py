@@ -43,6 +43,7 @@ class FitSettings:
     experiments: Path
     experiment_name: str
     trainer: dict[str, Any]
+    run_name: str | None = None  # a resumed run keeps its name
     params: dict[str, Any] = field(default_factory=dict)
     config_text: str = ""
     resume: str | None = None
@@ -139,6 +140,7 @@ def fit(
         experiment_name=settings.experiment_name,
         tracking_uri=mlflow.get_tracking_uri(),
         log_model=False,
+        run_name=settings.run_name,
         run_id=resumed_run,
         tags={**tags, "stage": "train"},
     )
