@@ -68,6 +68,13 @@ def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.data.tiles import cut_tiles
 
     root, t = project_root(), cfg.tiles
+    setting = t.get("areas")
+    if setting is not None and not isinstance(setting, DictConfig):
+        raise IlotsError(f"tiles.areas={setting!r}: give a mapping such as {{test: data/areas/test.gpkg}}.")
+    areas = {
+        split: str(resolve_path(root, value)) if isinstance(value, str) else value
+        for split, value in (to_dict(setting) if setting is not None else {}).items()
+    }
     return cut_tiles(
         resolve_path(root, t.orthos),
         resolve_path(root, t.masks),
@@ -79,6 +86,7 @@ def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         min_annotated=t.min_annotated,
         classes=list(cfg.classes),
         seed=int(cfg.seed),
+        areas=areas,
     )
 
 
