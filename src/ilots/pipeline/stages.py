@@ -163,7 +163,11 @@ def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-@command("register", "register the model in MLflow; move the champion alias if it is not worse.")
+@command(
+    "register",
+    "register the model in MLflow; move the champion alias if it is not worse "
+    "(nothing registered when a class has too few test pixels).",
+)
 def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.tracking.registry import register as register_model
     from ilots.tracking.store import setup_mlflow
@@ -182,6 +186,11 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     metric = str(cfg.register.metric)
     if metrics["test"].get(metric) is None:
         raise IlotsError(f"register.metric={metric} is not among the test metrics of {metrics_path}.")
+    if "support" not in metrics:
+        raise IlotsError(
+            f"{metrics_path} records no per-class test support (written by an older ilots): "
+            "run `ilots evaluate` (or `dvc repro`) before `ilots register`."
+        )
     result = register_model(
         run["model_uri"],
         float(metrics["test"][metric]),
@@ -191,6 +200,9 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         metric=metric,
         challenger_alias=cfg.register.challenger_alias,
         run_id=run["run_id"],
+        support=metrics["support"],
+        min_support=int(cfg.register.get("min_support_pixels", 0)),
+        source=str(metrics_path),
     )
     write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
     return result
@@ -203,20 +215,21 @@ def baseline(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.training.baseline import log_baseline, train_baseline
 
     root, b = project_root(), cfg.baseline
-    model, result, cm = train_baseline(
+    model, record = train_baseline(
         resolve_path(root, cfg.tiles.out), classes=list(cfg.classes), pixels=int(b.pixels),
         trees=int(b.trees), max_depth=b.max_depth, seed=int(cfg.seed), ignore_index=int(cfg.ignore_index),
     )  # fmt: skip
     setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
     params = {"pixels": b.pixels, "trees": b.trees, "max_depth": b.max_depth, "seed": cfg.seed}
-    uri = log_baseline(model, result, cm, params)
+    uri = log_baseline(model, record, params)
     metric = str(cfg.register.metric)
-    reg = register_model(uri, float(result[metric]), name=f"{cfg.register.model_name}-baseline",
+    if record["test"].get(metric) is None:
+        raise IlotsError(f"register.metric={metric} is not among the baseline's test metrics.")
+    reg = register_model(uri, float(record["test"][metric]), name=f"{cfg.register.model_name}-baseline",
                          alias=cfg.register.alias, min_gain=0.0, metric=metric)  # fmt: skip
-    scores = {k: round(v, 4) if v == v else None for k, v in result.items()}
-    write_json(resolve_path(root, b.out) / "metrics.json", {"test": scores, "confusion": cm.tolist(),
-               "classes": list(cfg.classes), "model": reg["name"], "version": reg["version"]})  # fmt: skip
-    return scores
+    write_json(resolve_path(root, b.out) / "metrics.json",
+               {**record, "model": reg["name"], "version": reg["version"]})  # fmt: skip
+    return {k: v for k, v in record.items() if k != "confusion"}
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -279,10 +292,30 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
 
 
 def _iou_line(metrics_path: Path, classes: Sequence[str]) -> str:
-    """``tree 0.937, water 0.951, ... (mIoU 0.891)`` from a metrics JSON's test scores."""
-    test = json.loads(metrics_path.read_text())["test"]
-    ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in classes if test.get(f"iou_{c}") is not None)
-    return f"{ious} (mIoU {test['miou']:.3f})"
+    """``tree 0.937 [0.912, 0.951], ... (mIoU 0.891 [0.870, 0.905]; 95 % intervals over 12 test
+    blocks)`` from a metrics JSON's test scores and bootstrap intervals."""
+    record = json.loads(metrics_path.read_text())
+    test, intervals = record["test"], record.get("intervals") or {}
+
+    def shown(key: str) -> str:
+        bounds = intervals.get(key)
+        return f"{test[key]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+    ious = ", ".join(f"{c} {shown(f'iou_{c}')}" for c in classes if test.get(f"iou_{c}") is not None)
+    blocks = (record.get("bootstrap") or {}).get("blocks")
+    if blocks is None:
+        over = ""
+    elif intervals.get("miou"):
+        over = f"; 95 % intervals over {blocks} test blocks"
+    else:
+        over = f"; no interval from {blocks} test block(s)"
+    return f"{ious} (mIoU {shown('miou')}{over})"
+
+
+def _support_line(metrics_path: Path) -> str | None:
+    """``background 20480 px, tree 5120 px, ...``: the test pixels of each class, if recorded."""
+    support = json.loads(metrics_path.read_text()).get("support")
+    return ", ".join(f"{c} {n} px" for c, n in support.items()) if support else None
 
 
 @command("summary", "print where the results are: metrics, registered model, predictions, MLflow UI.")
@@ -295,6 +328,9 @@ def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
     metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
     if metrics_path.is_file():
         lines.append(f"  test IoU        {_iou_line(metrics_path, cfg.classes)}")
+        support = _support_line(metrics_path)
+        if support:
+            lines.append(f"  test support    {support}")
         lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
     baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
     if baseline_path.is_file():

@@ -3,14 +3,15 @@
 Features per pixel: the bands, NDVI and NDWI (when red, green and near-infrared are present),
 brightness, and local mean and standard deviation of brightness and NIR (5 x 5 px): the texture
 that tells a tree crown from a lawn. Trained on a random sample of annotated train pixels, scored
-on the test chips with the same metrics as the networks, tracked in MLflow and registered as
+on the test chips with the same metrics, support and intervals as the networks (on the same test
+blocks), tracked in MLflow and registered as
 ``<model_name>-baseline``, so every report shows what deep learning gains over it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,8 @@ from sklearn.ensemble import RandomForestClassifier
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import read_json
-from ilots.models.metrics import confusion_matrix, scores
 from ilots.tracking.pyfunc import log_baseline_model
-from ilots.training.evaluate import raw_chips
+from ilots.training.evaluate import block_confusions, log_record, metrics_record, raw_chips
 
 log = logging.getLogger(__name__)
 
@@ -97,25 +97,16 @@ def sample_pixels(tiles_dir: Path, bands: list[str], pixels: int, seed: int) -> 
     return np.concatenate(features), np.concatenate(labels)
 
 
-def test_scores(
-    model: PixelClassifier, tiles_dir: Path, ignore_index: int
-) -> tuple[dict[str, float], np.ndarray]:
-    """Scores and confusion matrix on the test chips."""
-    n = len(model.classes)
-    cm = torch.zeros(n, n, dtype=torch.long)
-    chips = raw_chips(tiles_dir, "test", model.in_channels)
-    for i in range(len(chips)):
-        sample = chips[i]
-        pred = model.predict_proba(sample["image"].numpy()).argmax(1)
-        cm += confusion_matrix(pred, sample["mask"][None], n, ignore_index)
-    return scores(cm.numpy(), model.classes), cm.numpy()
-
-
 def train_baseline(
     tiles_dir: Path, *, classes: Sequence[str], pixels: int, trees: int, max_depth: int | None, seed: int,
     ignore_index: int,
-) -> tuple[PixelClassifier, dict[str, float], np.ndarray]:  # fmt: skip
-    """Fit the forest on sampled train pixels; score it on the test chips."""
+) -> tuple[PixelClassifier, dict[str, Any]]:  # fmt: skip
+    """Fit the forest on sampled train pixels; score it on the test chips, block by block.
+
+    Returns:
+        The model and its test record (scores, support, intervals, confusion) as the evaluate
+        stage writes the network's, on the same test blocks.
+    """
     index = read_json(tiles_dir / "index.json", "tiles index (run `ilots tiles` first)")
     features, labels = sample_pixels(tiles_dir, index["band_names"], pixels, seed)
     forest = RandomForestClassifier(
@@ -123,18 +114,16 @@ def train_baseline(
     )
     forest.fit(features, labels)
     model = PixelClassifier(forest, classes, index["band_names"])
-    result, cm = test_scores(model, tiles_dir, ignore_index)
-    return model, result, cm
+    scored = block_confusions(model, tiles_dir, batch_size=4, ignore_index=ignore_index)
+    return model, metrics_record(scored, model.classes)
 
 
-def log_baseline(
-    model: PixelClassifier, result: dict[str, float], cm: np.ndarray, params: dict[str, Any]
-) -> str:
-    """Log the baseline run (params, test metrics, confusion, model) to MLflow; return the model URI."""
+def log_baseline(model: PixelClassifier, record: Mapping[str, Any], params: dict[str, Any]) -> str:
+    """Log the baseline run (params, test metrics, support, intervals, confusion, model) to MLflow;
+    return the model URI."""
     with mlflow.start_run(run_name="baseline-random-forest", tags={"stage": "baseline"}):
         mlflow.log_params(params)
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if v == v})
-        mlflow.log_dict({"classes": model.classes, "confusion": cm.tolist()}, "evaluation/confusion.json")
+        log_record(record)
         uri = log_baseline_model(
             model, {"classes": model.classes, "band_names": model.band_names, "kind": "random-forest"}
         )
