@@ -138,8 +138,8 @@ def assign_splits(
         counts["val"] = min(counts["val"], len(free) - counts.get("test", 0) - 1)
     names: list[str] = [name for name, count in counts.items() for _ in range(count)]
     names += ["train"] * (len(free) - len(names))
-    dealt_blocks = {free[i]: names[k] for k, i in enumerate(order)}
-    return {b: named.get(b) or dealt_blocks[b] for b in blocks}
+    # in the dealt order (chips are written, and indexed, in this order), the named blocks last
+    return {free[i]: names[k] for k, i in enumerate(order)} | {b: named[b] for b in blocks if b in named}
 
 
 def annotated_blocks(masks: Mapping[Path, np.ndarray], block: int, size: int) -> dict[Block, float]:
