@@ -3,6 +3,8 @@ register -> predict, with the real MLflow SQLite store and registry."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import mlflow
@@ -25,9 +27,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp = pytest.MonkeyPatch()
     enter_project(root, mp)
     sample = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)
-    for stage in ("labels", "tiles", "train", "evaluate", "baseline", "register", "predict", "summary"):
+    for stage in ("labels", "tiles", "train", "evaluate", "baseline"):
         assert main([stage, *TINY]) == 0, stage
-    yield {"root": root, "sample": sample}
+    # The tiny city's one test block holds no roof: with the default support rule, register refuses
+    # (the tiny experiment itself lowers register.min_support_pixels to 0, as a smoke run may).
+    refusal = io.StringIO()
+    with contextlib.redirect_stderr(refusal):
+        refused = main(["register", *TINY, "register.min_support_pixels=1000"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    unregistered = not client.search_model_versions("name='ilots-segmenter'")
+    for stage in ("register", "predict", "summary"):
+        assert main([stage, *TINY]) == 0, stage
+    yield {"root": root, "sample": sample, "refusal": (refused, refusal.getvalue(), unregistered)}
     mp.undo()
 
 
@@ -169,3 +180,41 @@ def test_register_refuses_scores_measured_on_another_run(
     err = capsys.readouterr().err
     assert "not on the trained run a-newer-training" in err and "ilots evaluate" in err
     assert len(client.search_model_versions("name='ilots-segmenter'")) == versions
+
+
+def test_a_test_split_without_roof_refuses_promotion_with_one_sentence(trained: dict) -> None:
+    """Issue #10: a test split with no roof pixel gave roof IoU 0.0 and the model became champion."""
+    refused, err, unregistered = trained["refusal"]
+    assert refused == 2 and unregistered
+    err = err.strip()
+    assert len(err.splitlines()) == 1 and "roof (0 px)" in err and "register.min_support_pixels=1000" in err
+    assert "not registered" in err and "tiles.areas.test" in err
+
+
+def test_network_and_baseline_report_the_same_support_on_the_same_blocks(
+    trained: dict, capsys: pytest.CaptureFixture
+) -> None:
+    root = trained["root"]
+    network = json.loads((root / "experiments" / "evaluate" / "metrics.json").read_text())
+    baseline = json.loads((root / "experiments" / "baseline" / "metrics.json").read_text())
+    index = json.loads((root / "experiments" / "tiles" / "index.json").read_text())
+    expected = np.zeros(4, np.int64)  # distinct annotated pixels of each class in the test blocks
+    for b in (b for b in index["blocks"] if b["split"] == "test"):
+        with rasterio.open(root / "experiments" / "masks" / b["ortho"]) as src:
+            labels = src.read(
+                1, window=rasterio.windows.Window(b["col_off"], b["row_off"], b["width"], b["height"])
+            )
+        expected += np.bincount(labels[labels < 4], minlength=4)
+    classes = ["background", "tree", "water", "roof"]
+    assert network["support"] == baseline["support"] == dict(zip(classes, expected.tolist(), strict=True))
+    assert network["support"]["roof"] == 0
+    assert network["bootstrap"]["blocks"] == baseline["bootstrap"]["blocks"] == 1
+    assert network["intervals"]["miou"] is None  # one block: no interval rather than a false [x, x]
+    run = json.loads((root / "experiments" / "train" / "run.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'experiments' / 'mlflow.db'}")
+    logged = mlflow.get_run(run["run_id"]).data.metrics
+    assert logged["test_support_roof"] == 0 and logged["test_support_tree"] == expected[1]
+    capsys.readouterr()
+    assert main(["summary", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "no interval from 1 test block(s)" in out and f"tree {expected[1]} px, water" in out

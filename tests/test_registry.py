@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from ilots.core.errors import IlotsError
 
@@ -110,3 +111,28 @@ def test_a_lock_held_by_a_live_registration_is_waited_for_then_reported(
     client.create_registered_model(f"{NAME}--lock", tags={"since": "0"})
     with registry.registry_lock(client, NAME, wait_s=5.0):
         pass
+
+
+def test_too_little_test_support_registers_nothing_and_keeps_the_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ilots.tracking.registry import register
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_registry_uri(uri)
+    enough = {"background": 50000, "tree": 4000, "water": 1200}
+    first = register(logged_model(uri), 0.50, name=NAME, alias="champion", min_gain=0.0, support=enough,
+                     min_support=1000)  # fmt: skip
+    assert first["promoted"]
+    thin = {**enough, "water": 0, "tree": 999}
+    with pytest.raises(
+        IlotsError, match=r"min_support_pixels=1000 pixels of tree \(999 px\), water \(0 px\)"
+    ):
+        register(logged_model(uri), 0.90, name=NAME, alias="champion", min_gain=0.0, support=thin,
+                 min_support=1000, source="metrics.json")  # fmt: skip
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == first["version"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(NAME, "challenger")

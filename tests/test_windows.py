@@ -182,3 +182,18 @@ def test_window_pixels_an_internal_mask_excludes_are_not_annotated(tmp_path: Pat
         window_cols = np.rint(sample["image"][1].numpy() * std + mean)
         mask = sample["mask"].numpy()
         assert (mask[window_cols < 64] == 255).all() and (mask[window_cols >= 64] != 255).all()
+
+
+def test_windows_never_come_from_a_named_test_area(city: Path, tmp_path: Path) -> None:
+    """``tiles.areas: {test: [o1]}``: data=windows trains on o0 only, as the chips do."""
+    cut_tiles(
+        city / "orthos", city / "masks", tmp_path / "tiles", size=64, overlap=0, block=128,
+        split={"train": 0.5, "val": 0.25, "test": 0.25}, min_annotated=0.01, classes=CLASSES, seed=0,
+        areas={"test": ["o1"]},
+    )  # fmt: skip
+    dm = WindowDataModule(str(tmp_path / "tiles"), str(city / "orthos"), str(city / "masks"), length=60)
+    o1_west = X0 + 256 * RES
+    lefts = [key[3][0].start for key in dm.sampler(dm.dataset("train"))]
+    assert len(lefts) == 60 and max(lefts) + 64 * RES <= o1_west + 1e-6  # all inside o0
+    index = json.loads((tmp_path / "tiles" / "index.json").read_text())
+    assert {c["ortho"] for c in index["chips"] if c["split"] == "test"} == {"o1.tif"}

@@ -2,8 +2,16 @@
 
 The orthophotos are divided into square blocks; every block goes whole to one split (train, val
 or test) and chips are cut inside their block only, so no chip, nor its overlap, straddles two
-splits. Chips with too few annotated pixels are skipped. Per-band normalization statistics are
-computed on the train chips.
+splits. Blocks whose ground lies mostly in an area the user named (``tiles.areas``: a polygon file
+or orthophoto stems, see :mod:`ilots.data.areas`) go to that split; the others are dealt at random.
+When the annotated ground is too small for every split to get a block of ``tiles.block`` px, the
+blocks are halved (down to the chip size) until it is, and the log says so.
+
+No annotated pixel is dropped at the edges: an edge strip narrower than a chip belongs to the block
+beside it, the last chip of a block is flush with its end, and an orthophoto smaller than a chip
+gives one chip padded with 255 (not annotated). Chips with too few annotated pixels
+(``tiles.min_annotated``) are skipped. Per-band normalization statistics are computed on the
+train chips.
 
 Layout written (atomically, as one folder)::
 
@@ -17,9 +25,11 @@ Layout written (atomically, as one folder)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -30,6 +40,9 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, write_json
 from ilots.core.orthos import list_orthos
 from ilots.core.rasters import Fill, data_bands, open_georaster, valid_mask, write_raster
+from ilots.data.areas import SplitAreas
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -61,41 +74,133 @@ def read_mask(mask_path: Path, ortho: rasterio.DatasetReader) -> np.ndarray:
         return mask.read(1)
 
 
-def blocks_of(ortho: Path, shape: tuple[int, int], block: int) -> Iterator[Block]:
-    """The block grid of an orthophoto, row-major; edge blocks may be smaller."""
-    for row in range(0, shape[0], block):
-        for col in range(0, shape[1], block):
-            yield Block(ortho, row, col, min(block, shape[0] - row), min(block, shape[1] - col))
+def block_spans(length: int, block: int, size: int) -> list[tuple[int, int]]:
+    """(start, length) of the blocks along one axis: steps of ``block``; a last remainder narrower
+    than a chip joins the block before it, so the edge strip is cut with its neighbour."""
+    starts = list(range(0, length, block))
+    if len(starts) > 1 and length - starts[-1] < size:
+        starts.pop()
+    ends = [*starts[1:], length]
+    return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
+
+
+def blocks_of(ortho: Path, shape: tuple[int, int], block: int, size: int) -> Iterator[Block]:
+    """The block grid of an orthophoto, row-major; edge blocks hold the strips narrower than a chip."""
+    for row, height in block_spans(shape[0], block, size):
+        for col, width in block_spans(shape[1], block, size):
+            yield Block(ortho, row, col, height, width)
+
+
+def block_sizes(block: int, size: int) -> Iterator[int]:
+    """``tiles.block``, then halved down to the chip size: the block sizes tried, largest first."""
+    yield block
+    while block > size:
+        block = max(size, block // 2)
+        yield block
 
 
 def chip_offsets(start: int, length: int, size: int, stride: int) -> list[int]:
-    """Chip origins along one axis of a block: regular steps, the last one flush with the end."""
-    if length < size:
-        return []
+    """Chip origins along one axis of a block: regular steps, the last one flush with the end (one
+    chip, padded beyond the end, when the block is narrower than a chip)."""
+    if length <= size:
+        return [start]
     offsets = list(range(start, start + length - size + 1, stride))
     if offsets[-1] != start + length - size:
         offsets.append(start + length - size)
     return offsets
 
 
-def assign_splits(blocks: Sequence[Block], split: Mapping[str, float], seed: int) -> dict[Block, str]:
-    """Shuffle the annotated blocks and deal them to the splits in proportion (at least one each)."""
+def assign_splits(
+    blocks: Sequence[Block],
+    split: Mapping[str, float],
+    seed: int,
+    named: Mapping[Block, str] | None = None,
+) -> dict[Block, str]:
+    """Blocks in a named area go to its split; shuffle the others and deal them in proportion to
+    the splits no area names (at least one each)."""
+    named = dict(named or {})
     unknown = set(split) - set(SPLITS)
     if unknown:
         raise IlotsError(f"tiles.split has unknown split(s) {sorted(unknown)}: use train, val, test.")
-    if len(blocks) < len(SPLITS):
+    free = [b for b in blocks if b not in named]
+    dealt = [s for s in SPLITS if s not in set(named.values())]
+    if len(free) < len(dealt):
         raise IlotsError(
-            f"only {len(blocks)} annotated block(s): annotate more tiles or lower tiles.block so that "
-            "train, val and test each get one."
+            f"only {len(free)} annotated block(s) to deal to {', '.join(dealt)}: annotate more tiles or "
+            "lower tiles.block so that train, val and test each get one."
         )
-    order = np.random.default_rng(seed).permutation(len(blocks))
-    total = sum(split.values())
-    n_val = max(1, round(len(blocks) * split.get("val", 0) / total))
-    n_test = max(1, round(len(blocks) * split.get("test", 0) / total))
-    n_val = min(n_val, len(blocks) - n_test - 1)
-    names = ["val"] * n_val + ["test"] * n_test
-    names += ["train"] * (len(blocks) - len(names))
-    return {blocks[i]: names[k] for k, i in enumerate(order)}
+    order = np.random.default_rng(seed).permutation(len(free))
+    total = sum(split.get(s, 0) for s in dealt) or 1.0
+    counts = {s: max(1, round(len(free) * split.get(s, 0) / total)) for s in ("val", "test") if s in dealt}
+    if "test" in counts:  # leave a block for each other split
+        counts["test"] = min(counts["test"], len(free) - len(dealt) + 1)
+    if "val" in counts:
+        counts["val"] = min(counts["val"], len(free) - counts.get("test", 0) - 1)
+    names: list[str] = [name for name, count in counts.items() for _ in range(count)]
+    names += ["train"] * (len(free) - len(names))
+    # in the dealt order (chips are written, and indexed, in this order), the named blocks last
+    return {free[i]: names[k] for k, i in enumerate(order)} | {b: named[b] for b in blocks if b in named}
+
+
+def annotated_blocks(masks: Mapping[Path, np.ndarray], block: int, size: int) -> dict[Block, float]:
+    """The blocks holding an annotated pixel, with their annotated share."""
+    found = {}
+    for path, mask in masks.items():
+        for blk in blocks_of(path, mask.shape, block, size):
+            window = mask[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width]
+            if (window != NODATA).any():
+                found[blk] = round(float((window != NODATA).mean()), 4)
+    return found
+
+
+def corners(blk: Block, transform: Any) -> list[tuple[float, float]]:
+    """The ground coordinates of a block's corners."""
+    rows, cols = (blk.row_off, blk.row_off + blk.height), (blk.col_off, blk.col_off + blk.width)
+    pixels = [(cols[0], rows[0]), (cols[1], rows[0]), (cols[1], rows[1]), (cols[0], rows[1])]
+    return [tuple(transform * p) for p in pixels]
+
+
+def sized_blocks(
+    masks: Mapping[Path, np.ndarray],
+    grids: Mapping[Path, tuple[Any, Any]],
+    areas: SplitAreas,
+    block: int,
+    size: int,
+) -> tuple[int, dict[Block, float], dict[Block, str]]:
+    """The largest block size (``tiles.block``, halved down to the chip size) that gives every
+    split a block: the size, the annotated blocks with their annotated share, the named blocks.
+
+    Raises:
+        IlotsError: even blocks of the chip size cannot give train, val and test one each.
+    """
+    dealt = [s for s in SPLITS if s not in areas.splits]
+    for side in block_sizes(block, size):
+        blocks = annotated_blocks(masks, side, size)
+        named = {}
+        for blk in blocks:
+            crs, transform = grids[blk.ortho]
+            name = areas.split_of(blk.ortho, crs, corners(blk, transform)) if areas.splits else None
+            if name:
+                named[blk] = name
+        empty = sorted(areas.splits - set(named.values()))
+        if not empty and len(blocks) - len(named) >= len(dealt):
+            if side != block:
+                log.info(
+                    "tiles.block=%d px gives too few annotated blocks for train, val and test: "
+                    "using %d px blocks (%d annotated)", block, side, len(blocks),
+                )  # fmt: skip
+            return side, blocks, named
+    if empty:
+        raise IlotsError(
+            f"{areas.describe(empty[0])} holds no block even of tiles.size={size} px (a block goes to "
+            "an area when most of it lies inside): enlarge the area or lower tiles.size."
+        )
+    outside = " outside tiles.areas" if areas.splits else ""
+    raise IlotsError(
+        f"only {len(blocks) - len(named)} annotated block(s){outside}, even with blocks shrunk to the chip "
+        f"size (tiles.size={size} px): annotate more ground or lower tiles.size so that train, val and "
+        "test each get one."
+    )
 
 
 def cut_tiles(
@@ -111,14 +216,19 @@ def cut_tiles(
     classes: Sequence[str],
     seed: int,
     fill: Fill | None = None,
+    areas: Mapping[str, Any] | None = None,
 ) -> dict[str, object]:
     """Cut chips from every orthophoto and its mask; write them with an index and band statistics.
 
     Chips hold the data bands only (an alpha band masks, it is not read as data); pixels with no
     imagery (alpha, nodata, mask, the ``fill`` colour) are 255 in the chip masks.
 
+    Args:
+        areas: ``tiles.areas``: per split (val, test), a polygon file or a list of orthophoto
+            stems whose blocks go to that split (see :mod:`ilots.data.areas`).
+
     Returns:
-        A summary: chip count per split, block count per split, band count.
+        A summary: chip count per split, block count per split, block size used, band count.
     """
     if not 0 <= overlap < size <= block:
         raise IlotsError(
@@ -126,7 +236,8 @@ def cut_tiles(
             "need 0 <= overlap < size <= block."
         )
     orthos = list_orthos(orthos_dir)
-    masks, bands, band_names, blocks, annotated = {}, None, None, [], {}
+    named_areas = SplitAreas.from_setting(areas, orthos)
+    masks, bands, band_names, grids = {}, None, None, {}
     for path in orthos:
         with open_georaster(path) as ortho:
             mask_path = masks_dir / f"{path.stem}.tif"
@@ -140,13 +251,11 @@ def cut_tiles(
                 )
             bands = len(data)
             band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in data]
+            grids[path] = (ortho.crs, ortho.transform)
         masks[path] = mask
-        for blk in blocks_of(path, mask.shape, block):
-            window = mask[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width]
-            if (window != NODATA).any() and min(blk.height, blk.width) >= size:
-                blocks.append(blk)
-                annotated[blk] = round(float((window != NODATA).mean()), 4)
-    splits = assign_splits(blocks, split, seed)
+    named_areas.check_annotated(masks, grids)
+    used_block, annotated, named = sized_blocks(masks, grids, named_areas, block, size)
+    splits = assign_splits(list(annotated), split, seed, named)
     with atomic_path(out_dir) as tmp:
         chips = write_chips(tmp, splits, masks, size, size - overlap, min_annotated)
         counts = {s: sum(c["split"] == s for c in chips) for s in SPLITS}
@@ -163,7 +272,7 @@ def cut_tiles(
             {
                 "size": size,
                 "overlap": overlap,
-                "block": block,
+                "block": used_block,
                 "bands": bands,
                 "band_names": band_names,
                 "classes": list(classes),
@@ -185,6 +294,7 @@ def cut_tiles(
     return {
         "chips": counts,
         "blocks": {s: sum(v == s for v in splits.values()) for s in SPLITS},
+        "block": used_block,
         "bands": bands,
     }
 
@@ -207,7 +317,7 @@ def write_chips(
             for blk in (b for b in splits if b.ortho == path):
                 for row in chip_offsets(blk.row_off, blk.height, size, stride):
                     for col in chip_offsets(blk.col_off, blk.width, size, stride):
-                        mask = masks[path][row : row + size, col : col + size]
+                        image, mask = read_chip(ortho, data, masks[path], row, col, size)
                         annotated = float((mask != NODATA).mean())
                         if annotated < max(min_annotated, 1e-9):
                             continue
@@ -215,7 +325,6 @@ def write_chips(
                         window = Window(col, row, size, size)
                         profile = {"crs": ortho.crs, "transform": ortho.window_transform(window)}
                         folder = out / splits[blk]
-                        image = ortho.read(data, window=window)
                         write_raster(folder / f"{chip_id}.image.tif", image, profile)
                         write_raster(folder / f"{chip_id}.mask.tif", mask, {**profile, "nodata": NODATA})
                         chips.append(
@@ -229,6 +338,23 @@ def write_chips(
                             }
                         )
     return chips
+
+
+def read_chip(
+    ortho: rasterio.DatasetReader, bands: list[int], mask: np.ndarray, row: int, col: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image (data ``bands``) and mask of one chip; beyond the edge of an orthophoto smaller
+    than a chip, the image is padded with its nodata value (0 without one) and the mask with 255
+    (not annotated)."""
+    height, width = min(size, ortho.height - row), min(size, ortho.width - col)
+    image = ortho.read(bands, window=Window(col, row, width, height))
+    labels = mask[row : row + height, col : col + width]
+    if (height, width) != (size, size):
+        pad = ((0, size - height), (0, size - width))
+        fill = ortho.nodata if ortho.nodata is not None else 0
+        image = np.pad(image, ((0, 0), *pad), constant_values=fill)
+        labels = np.pad(labels, pad, constant_values=NODATA)
+    return image, labels
 
 
 def band_stats(out: Path, chips: Sequence[Mapping[str, object]], bands: int) -> dict[str, list[float]]:

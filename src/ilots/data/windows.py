@@ -2,9 +2,10 @@
 
 ``data=windows`` trains on windows cut on the fly instead of the tiles stage's pre-cut chips: every
 epoch sees new positions, so a network sees far more distinct views of a city than a fixed chip grid
-gives. The split stays the tiles stage's: windows are drawn inside the *train blocks* only (one
-torchgeo ``RandomGeoSampler`` per block, since a block is the sampler's region of interest), a block
-being picked in proportion to its annotated pixels. The sampler works in each orthophoto's own CRS
+gives. The split stays the tiles stage's, areas named in ``tiles.areas`` included: windows are
+drawn inside the blocks ``tiles/index.json`` records as train only (one torchgeo
+``RandomGeoSampler`` per block, since a block is the sampler's region of interest), a block being
+picked in proportion to its annotated pixels. The sampler works in each orthophoto's own CRS
 and grid, and the window is read straight from the file as the tiles stage reads chips: no
 resampling, and a 4th band that GDAL takes for alpha is read as data, not as a mask. Validation and
 test use the pre-cut chips of their blocks, so scores compare between the two sampling modes.
@@ -15,6 +16,7 @@ a run resumed from a checkpoint draws the windows the uninterrupted run drew.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,12 @@ from torch.utils.data import Sampler
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
-
-# (epoch, index in the epoch, train block, torchgeo query (x slice, y slice, t slice))
 from ilots.core.files import read_json
 from ilots.core.rasters import data_bands, open_georaster, valid_mask
 from ilots.data.augment import AugmentedDataset
 from ilots.data.chips import ChipDataModule
+
+log = logging.getLogger(__name__)
 
 # (epoch, index in the epoch, train block, torchgeo query (x slice, y slice, t slice))
 WindowKey = tuple[int, int, int, tuple[slice, slice, slice]]
@@ -188,12 +190,19 @@ class WindowDataModule(ChipDataModule):
                 "rerun `ilots tiles` (or `dvc repro tiles`) before training with data=windows."
             )
         self.size = int(size or self.tile_size)
-        smallest = min(min(b["height"], b["width"]) for b in self.blocks)
-        if not 0 < self.size <= smallest:
+        fitting = [b for b in self.blocks if min(b["height"], b["width"]) >= self.size > 0]
+        if not fitting:
+            largest = max(min(b["height"], b["width"]) for b in self.blocks)
             raise IlotsError(
-                f"data.size={self.size} does not fit in the train blocks (the smallest is {smallest} px): "
+                f"data.size={self.size} does not fit in the train blocks (the largest is {largest} px): "
                 "use a window no larger than tiles.block."
             )
+        if len(fitting) < len(self.blocks):  # an orthophoto smaller than a window: its padded chip only
+            log.info(
+                "data=windows: %d train block(s) smaller than the %d px window get no window (their "
+                "chips train with data=chips)", len(self.blocks) - len(fitting), self.size,
+            )  # fmt: skip
+        self.blocks = fitting
         self.tile_size = self.size  # the window the network is trained on, for the model's metadata
         self.length = int(length or len(self.chips("train")))
         self.min_annotated = float(min_annotated)

@@ -78,6 +78,13 @@ def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.data.tiles import cut_tiles
 
     root, t = project_root(), cfg.tiles
+    setting = t.get("areas")
+    if setting is not None and not isinstance(setting, DictConfig):
+        raise IlotsError(f"tiles.areas={setting!r}: give a mapping such as {{test: data/areas/test.gpkg}}.")
+    areas = {
+        split: str(resolve_path(root, value)) if isinstance(value, str) else value
+        for split, value in (to_dict(setting) if setting is not None else {}).items()
+    }
     return cut_tiles(
         resolve_path(root, t.orthos),
         resolve_path(root, t.masks),
@@ -90,6 +97,7 @@ def tiles(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         classes=list(cfg.classes),
         seed=int(cfg.seed),
         fill=imagery_fill(cfg),
+        areas=areas,
     )
 
 
@@ -166,7 +174,11 @@ def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-@command("register", "register the model in MLflow; move the champion alias if it is not worse.")
+@command(
+    "register",
+    "register the model in MLflow; move the champion alias if it is not worse "
+    "(nothing registered when a class has too few test pixels).",
+)
 def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.models.family import NETWORK
     from ilots.tracking.registry import register as register_model
@@ -186,6 +198,11 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     metric = str(cfg.register.metric)
     if metrics["test"].get(metric) is None:
         raise IlotsError(f"register.metric={metric} is not among the test metrics of {metrics_path}.")
+    if "support" not in metrics:
+        raise IlotsError(
+            f"{metrics_path} records no per-class test support (written by an older ilots): "
+            "run `ilots evaluate` (or `dvc repro`) before `ilots register`."
+        )
     result = register_model(
         run["model_uri"],
         float(metrics["test"][metric]),
@@ -196,6 +213,9 @@ def register(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
         challenger_alias=cfg.register.challenger_alias,
         run_id=run["run_id"],
         family=NETWORK,
+        support=metrics["support"],
+        min_support=int(cfg.register.get("min_support_pixels", 0)),
+        source=str(metrics_path),
     )
     write_json(resolve_path(root, cfg.register.out) / "registered.json", result)
     return result
@@ -213,27 +233,29 @@ def baseline(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     from ilots.training.baseline import log_baseline, train_baseline
 
     root, b, r = project_root(), cfg.baseline, cfg.register
-    model, result, cm = train_baseline(
+    model, record = train_baseline(
         resolve_path(root, cfg.tiles.out), classes=list(cfg.classes), pixels=int(b.pixels),
         trees=int(b.trees), max_depth=b.max_depth, seed=int(cfg.seed), ignore_index=int(cfg.ignore_index),
     )  # fmt: skip
     metric = str(r.metric)
-    if metric not in result:
+    if record["test"].get(metric) is None:
         raise IlotsError(f"register.metric={metric} is not among the baseline's test metrics: use miou.")
     setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
     params = {"pixels": b.pixels, "trees": b.trees, "max_depth": b.max_depth, "seed": cfg.seed}
     name = run_name("baseline", "rf", f"{b.trees}trees")
-    uri, run_id = log_baseline(model, result, cm, params, name)
-    # the same registered model and rule as the networks: the champion is the better family
-    reg = register_model(uri, float(result[metric]), name=r.model_name, alias=r.alias,
-                         min_gain=float(r.min_gain), metric=metric, challenger_alias=r.challenger_alias,
-                         run_id=run_id, family=RANDOM_FOREST)  # fmt: skip
-    scores = {k: round(v, 4) if v == v else None for k, v in result.items()}
+    uri, run_id = log_baseline(model, record, params, name)
+    # the same registered model and rule (support included) as the networks: the champion is the
+    # better family
     out = resolve_path(root, b.out)
-    write_json(out / "metrics.json", {"test": scores, "confusion": cm.tolist(), "classes": list(cfg.classes),
-                                      "run_id": run_id})  # fmt: skip
+    source = f"the baseline's test scores ({out / 'metrics.json'})"
+    reg = register_model(uri, float(record["test"][metric]), name=r.model_name, alias=r.alias,
+                         min_gain=float(r.min_gain), metric=metric, challenger_alias=r.challenger_alias,
+                         run_id=run_id, family=RANDOM_FOREST, support=record["support"],
+                         min_support=int(r.get("min_support_pixels", 0)),
+                         source=source)  # fmt: skip
+    write_json(out / "metrics.json", {**record, "run_id": run_id})
     write_json(out / "registered.json", reg)
-    return {"test": scores, "registered": reg}
+    return {"test": record["test"], "support": record["support"], "registered": reg}
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,10 +333,30 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
 
 
 def _iou_line(metrics_path: Path, classes: Sequence[str]) -> str:
-    """``tree 0.937, water 0.951, ... (mIoU 0.891)`` from a metrics JSON's test scores."""
-    test = json.loads(metrics_path.read_text())["test"]
-    ious = ", ".join(f"{c} {test[f'iou_{c}']:.3f}" for c in classes if test.get(f"iou_{c}") is not None)
-    return f"{ious} (mIoU {test['miou']:.3f})"
+    """``tree 0.937 [0.912, 0.951], ... (mIoU 0.891 [0.870, 0.905]; 95 % intervals over 12 test
+    blocks)`` from a metrics JSON's test scores and bootstrap intervals."""
+    record = json.loads(metrics_path.read_text())
+    test, intervals = record["test"], record.get("intervals") or {}
+
+    def shown(key: str) -> str:
+        bounds = intervals.get(key)
+        return f"{test[key]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+    ious = ", ".join(f"{c} {shown(f'iou_{c}')}" for c in classes if test.get(f"iou_{c}") is not None)
+    blocks = (record.get("bootstrap") or {}).get("blocks")
+    if blocks is None:
+        over = ""
+    elif intervals.get("miou"):
+        over = f"; 95 % intervals over {blocks} test blocks"
+    else:
+        over = f"; no interval from {blocks} test block(s)"
+    return f"{ious} (mIoU {shown('miou')}{over})"
+
+
+def _support_line(metrics_path: Path) -> str | None:
+    """``background 20480 px, tree 5120 px, ...``: the test pixels of each class, if recorded."""
+    support = json.loads(metrics_path.read_text()).get("support")
+    return ", ".join(f"{c} {n} px" for c, n in support.items()) if support else None
 
 
 def _champion_line(name: str, alias: str) -> str:
@@ -342,6 +384,9 @@ def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
     metrics_path = resolve_path(root, cfg.evaluate.out) / "metrics.json"
     if metrics_path.is_file():
         lines.append(f"  test IoU        {_iou_line(metrics_path, cfg.classes)}")
+        support = _support_line(metrics_path)
+        if support:
+            lines.append(f"  test support    {support}")
         lines.append(f"  metrics         {metrics_path.relative_to(root)}, confusion plot beside it")
     baseline_path = resolve_path(root, cfg.baseline.out) / "metrics.json"
     if baseline_path.is_file():

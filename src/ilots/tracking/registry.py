@@ -6,6 +6,11 @@ Both model families (networks from the register stage, the random-forest baselin
 stage) are versions of the same registered model under this one rule, each tagged with its
 ``family``: with ``min_gain`` 0 the champion is the better of the two whichever registers first
 (with ``min_gain`` > 0, a score within ``min_gain`` of the other keeps the one registered first).
+
+Scores measured on too few test pixels of a class mean nothing (a class absent from the test split
+gets IoU 0 or none): when a class has fewer than ``min_support`` distinct annotated test pixels,
+nothing is registered at all (the model stays logged in its run) and the caller gets one sentence
+naming the classes, so no alias, champion or challenger, ever points at such a model.
 ``ilots models list | promote VERSION | rollback`` manage the aliases by hand; every promotion
 records the previous champion in the version's ``previous_champion`` tag, which rollback follows.
 
@@ -24,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import mlflow
@@ -114,6 +119,23 @@ def set_champion(client: MlflowClient, name: str, version: str, alias: str = "ch
     client.set_registered_model_alias(name, alias, str(version))
 
 
+def check_support(support: Mapping[str, int], min_support: int, source: str) -> None:
+    """Every class has at least ``min_support`` test pixels.
+
+    Raises:
+        IlotsError: naming the classes short of it, ``register.min_support_pixels`` and ``source``.
+    """
+    thin = {c: int(n) for c, n in support.items() if int(n) < min_support}
+    if thin:
+        counts = ", ".join(f"{c} ({n} px)" for c, n in thin.items())
+        raise IlotsError(
+            f"the test split of {source} has fewer than register.min_support_pixels={min_support} pixels "
+            f"of {counts}: its scores for them mean nothing, so the model was not registered; name a "
+            "test area that holds them (tiles.areas.test), annotate more, or lower "
+            "register.min_support_pixels."
+        )
+
+
 def register(
     model_uri: str,
     test_score: float,
@@ -125,9 +147,19 @@ def register(
     challenger_alias: str = "challenger",
     run_id: str | None = None,
     family: str | None = None,
+    support: Mapping[str, int] | None = None,
+    min_support: int = 0,
+    source: str = "the evaluation",
 ) -> dict[str, Any]:
     """Register ``model_uri`` as a new version of ``name`` (tagged with its model ``family``); make it
-    champion or challenger."""
+    champion or challenger.
+
+    Args:
+        support: test pixels of each class; with ``min_support``, a class short of it registers
+            nothing (see :func:`check_support`). ``source`` names the scores in that sentence.
+    """
+    if support is not None:
+        check_support(support, min_support, source)
     client = MlflowClient()
     tags = {metric_tag(metric): f"{test_score:.6f}", **({FAMILY_TAG: family} if family else {})}
     version = mlflow.register_model(model_uri, name, tags=tags)

@@ -1,16 +1,16 @@
 """The frugal baseline: training the per-pixel random forest of :mod:`ilots.models.forest`.
 
 Trained on a random sample of annotated train pixels, scored on the test chips with the same
-metrics as the networks and tracked in MLflow; the baseline stage registers it as a version of the
-same registered model as the networks (tagged ``family=random-forest``), under the same promotion
-rule: the champion is whichever family scored better, and every report shows what deep learning
-gains over it.
+metrics, support and intervals as the networks (on the same test blocks) and tracked in MLflow;
+the baseline stage registers it as a version of the same registered model as the networks (tagged
+``family=random-forest``), under the same promotion rule: the champion is whichever family scored
+better, and every report shows what deep learning gains over it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,12 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import read_json
 from ilots.models.family import RANDOM_FOREST
 from ilots.models.forest import PixelClassifier, pixel_features
-from ilots.models.metrics import scores
 from ilots.tracking.pyfunc import log_baseline_model
-from ilots.training.evaluate import raw_chips, split_confusion
+from ilots.training.evaluate import block_confusions, log_record, metrics_record, raw_chips
 
 # PixelClassifier is re-exported: baselines logged before it moved to ilots.models.forest are
 # pickles naming ilots.training.baseline.PixelClassifier.
-__all__ = ["PixelClassifier", "log_baseline", "sample_pixels", "test_scores", "train_baseline"]
+__all__ = ["PixelClassifier", "log_baseline", "sample_pixels", "train_baseline"]
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,16 @@ def sample_pixels(tiles_dir: Path, bands: list[str], pixels: int, seed: int) -> 
     return np.concatenate(features), np.concatenate(labels)
 
 
-def test_scores(
-    model: PixelClassifier, tiles_dir: Path, ignore_index: int
-) -> tuple[dict[str, float], np.ndarray]:
-    """Scores and confusion matrix on the test chips (the function that scores the networks)."""
-    cm = split_confusion(model, tiles_dir, TEST_BATCH, ignore_index)
-    return scores(cm, model.classes), cm
-
-
 def train_baseline(
     tiles_dir: Path, *, classes: Sequence[str], pixels: int, trees: int, max_depth: int | None, seed: int,
     ignore_index: int,
-) -> tuple[PixelClassifier, dict[str, float], np.ndarray]:  # fmt: skip
-    """Fit the forest on sampled train pixels; score it on the test chips."""
+) -> tuple[PixelClassifier, dict[str, Any]]:  # fmt: skip
+    """Fit the forest on sampled train pixels; score it on the test chips, block by block.
+
+    Returns:
+        The model and its test record (scores, support, intervals, confusion) as the evaluate
+        stage writes the network's, on the same test blocks.
+    """
     index = read_json(tiles_dir / "index.json", "tiles index (run `ilots tiles` first)")
     features, labels = sample_pixels(tiles_dir, index["band_names"], pixels, seed)
     forest = RandomForestClassifier(
@@ -74,19 +70,18 @@ def train_baseline(
     )
     forest.fit(features, labels)
     model = PixelClassifier(forest, classes, index["band_names"])
-    result, cm = test_scores(model, tiles_dir, ignore_index)
-    return model, result, cm
+    scored = block_confusions(model, tiles_dir, batch_size=TEST_BATCH, ignore_index=ignore_index)
+    return model, metrics_record(scored, model.classes)
 
 
 def log_baseline(
-    model: PixelClassifier, result: dict[str, float], cm: np.ndarray, params: dict[str, Any], run_name: str
+    model: PixelClassifier, record: Mapping[str, Any], params: dict[str, Any], run_name: str
 ) -> tuple[str, str]:
-    """Log the baseline run (params, test metrics, confusion, model) to MLflow as ``run_name``;
-    return the model URI and the run id."""
+    """Log the baseline run (params, test metrics, support, intervals, confusion, model) to MLflow
+    as ``run_name``; return the model URI and the run id."""
     with mlflow.start_run(run_name=run_name, tags={"stage": "baseline", "family": RANDOM_FOREST}) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.items() if v == v})
-        mlflow.log_dict({"classes": model.classes, "confusion": cm.tolist()}, "evaluation/confusion.json")
+        log_record(record)
         uri = log_baseline_model(
             model, {"classes": model.classes, "band_names": model.band_names, "kind": RANDOM_FOREST}
         )
