@@ -79,19 +79,21 @@ _GROUND_LOOK = {
     _Ground.ASPHALT: ((92, 94, 99, 80), 0.04, 0.03, 0.05),
     _Ground.SIDEWALK: ((152, 148, 142, 128), 0.03, 0.03, 0.04),
     _Ground.PAVING: ((168, 160, 150, 138), 0.05, 0.04, 0.04),
-    _Ground.LAWN: ((98, 128, 70, 182), 0.012, 0.02, 0.05),
+    _Ground.LAWN: ((66, 98, 58, 200), 0.012, 0.02, 0.05),  # a crown's colour: only texture differs
     _Ground.DRY_LAWN: ((136, 138, 92, 160), 0.015, 0.03, 0.05),
     _Ground.SOIL: ((142, 114, 88, 128), 0.06, 0.06, 0.05),
     _Ground.GRAVEL: ((178, 168, 148, 152), 0.07, 0.03, 0.03),
     _Ground.PARKING: ((80, 82, 87, 72), 0.04, 0.03, 0.04),
     _Ground.QUAY: ((172, 166, 156, 142), 0.04, 0.03, 0.03),
 }
-# colour, fine and mid texture of roof materials
+# colour, fine and mid texture of roof materials. Zinc, light and bitumen roofs have the colours of
+# sidewalks, paving and asphalt, as grey roofs and streets do in real orthophotos: a pixel's colour
+# does not tell a roof from the street, its shape, slope shading and shadow do (what context buys).
 _MATERIALS = {
     "clay": ((180, 98, 72, 140), 0.05, 0.06),
-    "zinc": ((118, 123, 131, 105), 0.03, 0.04),
-    "light": ((206, 204, 197, 172), 0.03, 0.05),
-    "bitumen": ((74, 74, 77, 62), 0.05, 0.05),
+    "zinc": ((150, 147, 142, 128), 0.03, 0.04),
+    "light": ((170, 162, 151, 140), 0.05, 0.04),
+    "bitumen": ((86, 88, 93, 76), 0.04, 0.03),
     "green": ((92, 116, 62, 186), 0.10, 0.10),
 }
 _WATER_LOOK = {
