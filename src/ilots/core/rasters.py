@@ -138,10 +138,14 @@ class Fill:
         value, share = max(shares.items(), key=lambda item: item[1])
         return Fill(value, self.tolerance) if share >= self.DETECT_SHARE else None
 
-    def mask(self, data: NDArray[Any]) -> NDArray[Any]:
-        """Boolean (rows, cols) mask of the fill pixels of a (bands, rows, cols) array."""
+    def matches(self, band: NDArray[Any]) -> NDArray[Any]:
+        """Boolean mask of the pixels of one band within ``tolerance`` of ``value`` (compared in the
+        band's own type: no float copy of the raster)."""
         assert self.value is not None, "resolve() the fill on its raster first"
-        return np.asarray((np.abs(data.astype(np.float32) - self.value) <= self.tolerance).all(axis=0))
+        low, high = self.value - self.tolerance, self.value + self.tolerance
+        if band.dtype.kind in "ui":
+            low, high = np.ceil(low), np.floor(high)
+        return np.asarray((band >= low) & (band <= high))
 
 
 def valid_mask(
@@ -170,8 +174,11 @@ def valid_mask(
         valid = np.ones((int(window.height), int(window.width)), dtype=bool)
     if fill is not None:
         fill = fill.resolve(src, bands)
-    if fill is not None:
-        valid &= ~fill.mask(src.read(bands, window=window))
+    if fill is not None:  # band by band: one band of the window in memory at a time
+        found = np.ones(valid.shape, dtype=bool)
+        for band in bands:
+            found &= fill.matches(src.read(band, window=window))
+        valid &= ~found
     return valid
 
 

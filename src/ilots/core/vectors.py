@@ -49,7 +49,7 @@ def read_layer(
 
     path = Path(path)
     if not path.exists():
-        raise IlotsError(f"{what} {path} does not exist.")
+        raise IlotsError(f"{what} {path} does not exist: check its path in the configuration.")
     options: dict[str, Any] = {}
     if where:
         options["where"] = where
@@ -59,7 +59,10 @@ def read_layer(
         frame = gpd.read_file(path, **options)
     except Exception as exc:  # pyogrio raises several types for unreadable files, layers and bad SQL
         extra = "".join(f" with {k} {v!r}" for k, v in options.items())
-        raise IlotsError(f"{what} {path} cannot be read{extra} ({type(exc).__name__}: {exc}).") from exc
+        raise IlotsError(
+            f"{what} {path} cannot be read{extra} ({type(exc).__name__}: {exc}): check the file with "
+            "ogrinfo, and the layer name and where filter."
+        ) from exc
     if frame.crs is None:
         raise IlotsError(f"{what} {path} has no CRS: assign one (e.g. ogr2ogr -a_srs EPSG:2154).")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]

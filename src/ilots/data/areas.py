@@ -138,7 +138,9 @@ class SplitAreas:
 
     def split_of(self, ortho: Path, crs: Any, corners: Sequence[tuple[float, float]]) -> str | None:
         """The named split most of the block lies in, or None (test first on a tie)."""
-        shares = {s: self.share(s, ortho, crs, corners) for s in sorted(self.splits, reverse=True)}
+        shares = {
+            s: self.share(s, ortho, crs, corners) for s in sorted(self.splits)
+        }  # test < val: test wins a tie
         best = max(shares, key=lambda s: shares[s], default=None)
         return best if best is not None and shares[best] > 0.5 else None
 

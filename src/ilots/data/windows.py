@@ -7,7 +7,8 @@ drawn inside the blocks ``tiles/index.json`` records as train only (one torchgeo
 ``RandomGeoSampler`` per block, since a block is the sampler's region of interest), a block being
 picked in proportion to its annotated pixels. The sampler works in each orthophoto's own CRS
 and grid, and the window is read straight from the file as the tiles stage reads chips: no
-resampling, and a 4th band that GDAL takes for alpha is read as data, not as a mask. Validation and
+resampling, and only the data bands are read: an alpha band masks (see
+:func:`ilots.core.rasters.data_bands`), it is never a data band. Validation and
 test use the pre-cut chips of their blocks, so scores compare between the two sampling modes.
 
 Sampling is seeded by ``(seed, epoch)`` and each window's augmentation by ``(seed, epoch, index)``:
@@ -195,7 +196,7 @@ class WindowDataModule(ChipDataModule):
             largest = max(min(b["height"], b["width"]) for b in self.blocks)
             raise IlotsError(
                 f"data.size={self.size} does not fit in the train blocks (the largest is {largest} px): "
-                "use a window no larger than tiles.block."
+                f"use a window no larger than {largest} px (the block size the tiles stage used)."
             )
         if len(fitting) < len(self.blocks):  # an orthophoto smaller than a window: its padded chip only
             log.info(

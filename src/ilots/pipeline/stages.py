@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -247,13 +248,13 @@ def baseline(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     # the same registered model and rule (support included) as the networks: the champion is the
     # better family
     out = resolve_path(root, b.out)
-    source = f"the baseline's test scores ({out / 'metrics.json'})"
+    write_json(out / "metrics.json", {**record, "run_id": run_id})  # kept when registration is refused
+    source = str(out / "metrics.json")
     reg = register_model(uri, float(record["test"][metric]), name=r.model_name, alias=r.alias,
                          min_gain=float(r.min_gain), metric=metric, challenger_alias=r.challenger_alias,
                          run_id=run_id, family=RANDOM_FOREST, support=record["support"],
                          min_support=int(r.get("min_support_pixels", 0)),
                          source=source)  # fmt: skip
-    write_json(out / "metrics.json", {**record, "run_id": run_id})
     write_json(out / "registered.json", reg)
     return {"test": record["test"], "support": record["support"], "registered": reg}
 
@@ -299,11 +300,7 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
         Path(args.out) if args.out else resolve_path(root, cfg.predict.out), "--out"
     )
     model_uri = args.model or cfg.predict.model_uri
-    if (
-        "://" not in model_uri
-        and not model_uri.startswith(("models:", "runs:", "file:"))
-        and not Path(model_uri).exists()
-    ):
+    if not re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", model_uri) and not Path(model_uri).exists():
         raise IlotsError(
             f"--model {model_uri} is neither an MLflow model URI (models:/NAME@ALIAS, runs:/ID/PATH) nor "
             "an existing bundle folder: give one of them."
@@ -362,11 +359,12 @@ def _support_line(metrics_path: Path) -> str | None:
 def _champion_line(name: str, alias: str) -> str:
     """``ilots-segmenter version 4 (random-forest, test_miou 0.9030)``, from the registry."""
     from ilots.tracking.registry import list_versions
+    from ilots.tracking.store import redact
 
     try:
         rows = list_versions(name)
     except IlotsError as exc:
-        return f"unknown: {exc}"
+        return f"unknown: {redact(str(exc))}"
     row = next((r for r in rows if alias in r["aliases"]), None)
     if row is None:
         return f"none yet: no version of {name} holds @{alias}."

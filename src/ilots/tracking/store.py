@@ -67,7 +67,10 @@ def check_registered(uri: str) -> None:
             client.get_model_version(name, version)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise
+            raise IlotsError(
+                f"model {uri}: the registry at {redact(mlflow.get_tracking_uri())} did not answer "
+                f"({redact(str(exc).splitlines()[0][:200])}): check the server and MLFLOW_TRACKING_URI."
+            ) from None
         which = f"alias @{alias}" if alias else f"version {version}"
         raise IlotsError(
             f"model {uri}: the registry at {redact(mlflow.get_tracking_uri())} has no {which} of "
