@@ -152,7 +152,9 @@ def test_a_bad_vector_setting_is_one_sentence_and_writes_nothing(
 
 
 def test_no_source_of_labels_is_refused(city: dict[str, Path]) -> None:
-    with pytest.raises(IlotsError, match=r"labels\.export is null and labels\.vectors is empty"):
+    with pytest.raises(
+        IlotsError, match=r"labels\.export is null and labels\.vectors and labels\.rasters are empty"
+    ):
         build_masks(None, city["orthos"], city["out"])
 
 
@@ -295,3 +297,80 @@ def test_fill_pixels_are_not_annotated_by_the_vectors(city: dict[str, Path]) -> 
     build_masks(None, city["orthos"], city["out"], vectors=layers(city)[:1], fill=Fill(255.0))
     mask = read_mask(city["out"] / "a.tif")
     assert (mask[~truth] == NODATA).all() and (mask[truth] != NODATA).all()
+
+
+# --------------------------------------------------------------------------- reference class rasters
+
+
+def write_landcover(path: Path, values: np.ndarray, transform: object, crs: str, nodata: int | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
+        dtype=values.dtype.name, crs=crs, transform=transform, nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(values[np.newaxis])
+    return path
+
+
+def test_a_coarser_land_cover_raster_in_another_crs_labels_the_orthophoto(city: dict[str, Path]) -> None:
+    from pyproj import Transformer
+
+    from ilots.data.truth import RasterTruth
+
+    # A 0.5 m land-cover raster in UTM 31N (FLAIR-like codes: 1 building, 6 water, 9 other), covering
+    # the orthophoto's left half; its top-right corner is nodata.
+    to_utm = Transformer.from_crs("EPSG:2154", "EPSG:32631", always_xy=True)
+    x0, y0 = to_utm.transform(*ground(0, 0))
+    codes = np.full((40, 20), 9, dtype=np.uint8)
+    codes[4:16, 4:16] = 1  # 2 m to 8 m from the raster's origin: ortho pixels 10 to 40
+    codes[24:36, 4:16] = 6  # rows 12 m to 18 m: ortho rows 60 to 90
+    codes[:4, 16:] = 0  # nodata
+    write_landcover(
+        city["root"] / "landcover" / "lc.tif", codes, rasterio.transform.from_origin(x0, y0, 0.5, 0.5),
+        "EPSG:32631", nodata=0,
+    )  # fmt: skip
+    truth = RasterTruth.from_setting(
+        {"path": "landcover", "values": {1: "roof", 6: "water"}, "others": "background"}, city["root"], 0
+    )
+    summary = build_masks(None, city["orthos"], city["out"], class_map=CLASS_MAP, rasters=[truth])
+    mask = read_mask(city["out"] / "a.tif")
+    # the grids differ by a small rotation (meridian convergence): look 3 px inside each square
+    assert (mask[13:37, 13:37] == 3).all() and mask[5, 25] != 3  # buildings: roof, and only there
+    assert (mask[63:87, 13:37] == 2).all()  # water
+    assert mask[5, 5] == 0 and mask[50, 20] == 0  # an unlisted code: others, background
+    assert (mask[:, 55:] == NODATA).all()  # beyond the raster: not annotated
+    assert mask[3, 45] == NODATA  # the raster's nodata: not annotated
+    assert 24 * 24 < summary["pixels"]["roof"] < 36 * 36
+
+
+def test_annotations_win_over_a_reference_raster_and_bad_rasters_are_one_sentence(
+    city: dict[str, Path],
+) -> None:
+    from ilots.data.truth import RasterTruth
+
+    codes = np.full((SIZE, SIZE), 1, dtype=np.uint8)
+    transform = rasterio.transform.from_origin(X0, Y0, RES, RES)
+    write_landcover(city["root"] / "lc.tif", codes, transform, "EPSG:2154", None)
+    export = city["root"] / "export.json"
+    task = {
+        "id": 1,
+        "data": {"ortho": "a.tif", "crs": "EPSG:2154", "transform": [RES, 0, X0, 0, -RES, Y0],
+                 "window": {"col_off": 0, "row_off": 0, "width": 16, "height": 16}},
+        "annotations": [{"id": 1, "result": [], "was_cancelled": False}],
+    }  # fmt: skip
+    export.write_text(json.dumps([task]), encoding="utf-8")
+    truth = RasterTruth.from_setting({"path": "lc.tif", "values": {1: "tree"}}, city["root"], 0)
+    build_masks(export, city["orthos"], city["out"], class_map=CLASS_MAP, rasters=[truth])
+    mask = read_mask(city["out"] / "a.tif")
+    assert (mask[:16, :16] == 0).all() and (mask[16:, :] == 1).all()
+
+    bad = RasterTruth.from_setting({"path": "lc.tif", "values": {1: "forest"}}, city["root"], 0)
+    with pytest.raises(IlotsError, match="not one of the classes"):
+        build_masks(None, city["orthos"], city["out"], class_map=CLASS_MAP, rasters=[bad])
+    write_landcover(city["root"] / "float.tif", codes.astype(np.float32), transform, "EPSG:2154", None)
+    floats = RasterTruth.from_setting({"path": "float.tif", "values": {1: "tree"}}, city["root"], 0)
+    with pytest.raises(IlotsError, match="class rasters hold integers"):
+        build_masks(None, city["orthos"], city["out"], class_map=CLASS_MAP, rasters=[floats])
+    with pytest.raises(IlotsError, match=r"labels\.rasters\[0\] needs path and values"):
+        RasterTruth.from_setting({"path": "lc.tif"}, city["root"], 0)
+    assert (read_mask(city["out"] / "a.tif") == mask).all()  # the refused runs left the masks

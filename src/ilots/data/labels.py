@@ -8,6 +8,9 @@ Two sources of labels, usable alone or together:
   the area of interest (``labels.area``, a polygon layer; the whole orthophoto when unset) a pixel
   no layer covers is background: a reference layer says where things are *and* where they are not.
   Outside it, pixels are not annotated (255).
+* **Reference class rasters** (``labels.rasters``: FLAIR or Chesapeake land cover, a canopy mask;
+  see :mod:`ilots.data.truth`) are resampled (nearest value) onto each orthophoto's grid after the
+  vector layers, inside the same area of interest; a value they do not list is not annotated.
 * **Label Studio annotations**, described below, are painted over the vectors: where an annotated
   task covers pixels, the annotation wins, whatever the layers say.
 
@@ -74,6 +77,7 @@ from ilots.core.files import NotAnArray, atomic_path, iter_json_array
 from ilots.core.orthos import list_orthos
 from ilots.core.rasters import Fill, open_georaster, valid_mask, write_raster
 from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, read_layer
+from ilots.data.truth import RasterTruth, paint
 
 ANNOTATOR_POLICIES = ("latest", "majority")
 
@@ -138,6 +142,7 @@ def build_masks(
     vectors: Sequence[VectorLayer] = (),
     area: Path | None = None,
     fill: Fill | None = None,
+    rasters: Sequence[RasterTruth] = (),
 ) -> dict[str, Any]:
     """Rasterize a Label Studio export and/or vector layers onto every orthophoto of a folder.
 
@@ -155,8 +160,10 @@ def build_masks(
         annotators: Several annotations on one task: ``latest`` (the latest wins) or ``majority``
             (per-pixel vote; a tie goes to the latest annotation among the tied values).
         vectors: Reference layers burned onto each orthophoto (annotations win over them).
-        area: Polygon layer outside which the vector layers annotate nothing (default: everywhere).
+        area: Polygon layer outside which the vector layers and reference rasters annotate
+            nothing (default: everywhere).
         fill: The orthophotos' fill colour (no imagery: not annotated).
+        rasters: Reference class rasters resampled onto each orthophoto (annotations win over them).
 
     Returns:
         ``{"tasks": n, "annotated_tasks": n, "orthos": n, "pixels": {class_name: count, ...,
@@ -170,10 +177,10 @@ def build_masks(
     class_map = class_map or ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
     if annotators not in ANNOTATOR_POLICIES:
         raise IlotsError(f"labels.annotators={annotators!r}: use one of {', '.join(ANNOTATOR_POLICIES)}.")
-    if export_path is None and not vectors:
+    if export_path is None and not vectors and not rasters:
         raise IlotsError(
-            "labels.export is null and labels.vectors is empty: give a Label Studio export, vector "
-            "layers, or both (see conf/config.yaml, labels)."
+            "labels.export is null and labels.vectors and labels.rasters are empty: give a Label "
+            "Studio export, vector layers, reference rasters, or several (see conf/config.yaml, labels)."
         )
     orthos_dir = Path(orthos_dir)
     layers = Layers.of(vectors, class_map) if vectors else None
@@ -187,7 +194,7 @@ def build_masks(
                 Path(export_path),
                 spool,
                 keep_all=annotators == "majority",
-                required=layers is None,
+                required=layers is None and not rasters,
             )
         orthos = {path.name: path for path in list_orthos(orthos_dir)}
         _check_orthos_present(tiles, orthos, orthos_dir)
@@ -196,7 +203,7 @@ def build_masks(
             by_ortho[tile.ortho].append(tile)
 
         pixels = dict.fromkeys([*class_map.names, "unlabeled"], 0)
-        sources = _Sources(class_map, spool, layers, area_frame, fill)
+        sources = _Sources(class_map, spool, layers, area_frame, fill, list(rasters))
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             for name, path in sorted(orthos.items()):
@@ -220,6 +227,7 @@ class _Sources:
     layers: Layers | None
     area: Any
     fill: Fill | None
+    rasters: list[RasterTruth]
 
 
 def rasterize_annotation(
@@ -390,14 +398,16 @@ def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
         valid = valid_mask(src, fill=sources.fill)
     mask = np.full((height, width), NODATA, dtype=np.uint8)
+    inside = (
+        burn_shapes(sources.area.to_crs(crs), transform, height, width)
+        if sources.area is not None
+        else np.ones((height, width), dtype=bool)
+    )
     if sources.layers is not None:
-        inside = (
-            burn_shapes(sources.area.to_crs(crs), transform, height, width)
-            if sources.area is not None
-            else np.ones((height, width), dtype=bool)
-        )
         drawn = burn_layers(sources.layers, crs, transform, height, width, class_map)
         mask[inside] = drawn[inside]
+    if sources.rasters:
+        paint(sources.rasters, class_map, crs, transform, height, width, mask, inside)
     for ref in tiles:
         tile = replace(ref, results=sources.spool.results(ref))
         _check_crs(tile, crs, path)

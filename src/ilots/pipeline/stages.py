@@ -47,6 +47,7 @@ def run_labels(cfg: DictConfig, project_id: int | None = None) -> dict[str, Any]
     vector layers."""
     from ilots.core.vectors import VectorLayer
     from ilots.data.labels import build_masks
+    from ilots.data.truth import RasterTruth
 
     root, settings = project_root(), cfg.labels
     export = resolve_path(root, settings.export) if settings.get("export") else None
@@ -61,6 +62,10 @@ def run_labels(cfg: DictConfig, project_id: int | None = None) -> dict[str, Any]
         VectorLayer.from_setting(to_dict(v) if isinstance(v, DictConfig) else v, root, i)
         for i, v in enumerate(settings.get("vectors") or [])
     ]
+    rasters = [
+        RasterTruth.from_setting(to_dict(r) if isinstance(r, DictConfig) else r, root, i)
+        for i, r in enumerate(settings.get("rasters") or [])
+    ]
     area = resolve_path(root, settings.area) if settings.get("area") else None
     return build_masks(
         export,
@@ -71,6 +76,7 @@ def run_labels(cfg: DictConfig, project_id: int | None = None) -> dict[str, Any]
         vectors=vectors,
         area=area,
         fill=imagery_fill(cfg),
+        rasters=rasters,
     )
 
 
