@@ -69,6 +69,19 @@ def read_layer(
     return frame[frame.geom_type.isin(_AREAS)] if areas_only else frame
 
 
+def check_entry(setting: Any, keys: Sequence[str], where: str, needs: str) -> None:
+    """Check one entry of a list setting (``labels.vectors``, ``labels.rasters``): a mapping of known keys.
+
+    Raises:
+        IlotsError: not a mapping (``needs`` says what to give), or unknown keys.
+    """
+    if not isinstance(setting, Mapping):
+        raise IlotsError(f"{where} is not a mapping: {needs}.")
+    unknown = sorted(set(setting) - set(keys))
+    if unknown:
+        raise IlotsError(f"{where} has unknown key(s) {unknown}: use {', '.join(keys)}.")
+
+
 @dataclass(frozen=True)
 class VectorLayer:
     """One reference layer and the class(es) its features are.
@@ -102,11 +115,7 @@ class VectorLayer:
             IlotsError: unknown keys, no path, neither or both of ``class`` and ``attribute``.
         """
         where = f"labels.vectors[{position}]"
-        if not isinstance(setting, Mapping):
-            raise IlotsError(f"{where} is not a mapping: give at least path and class.")
-        unknown = sorted(set(setting) - set(cls.KEYS))
-        if unknown:
-            raise IlotsError(f"{where} has unknown key(s) {unknown}: use {', '.join(cls.KEYS)}.")
+        check_entry(setting, cls.KEYS, where, "give at least path and class")
         if not setting.get("path"):
             raise IlotsError(f"{where} has no path: name the vector file.")
         label, attribute = setting.get("class"), setting.get("attribute")

@@ -26,6 +26,7 @@ from ilots.core.classes import NODATA, ClassMap
 from ilots.core.errors import IlotsError
 from ilots.core.orthos import input_rasters
 from ilots.core.rasters import open_georaster
+from ilots.core.vectors import check_entry
 
 _NONE = 65536  # "no reference value here": beyond every raster, or its nodata
 
@@ -54,11 +55,7 @@ class RasterTruth:
             IlotsError: unknown keys, no path, no values, a value that is not an integer.
         """
         where = f"labels.rasters[{position}]"
-        if not isinstance(setting, Mapping):
-            raise IlotsError(f"{where} is not a mapping: give path and values.")
-        unknown = sorted(set(setting) - set(cls.KEYS))
-        if unknown:
-            raise IlotsError(f"{where} has unknown key(s) {unknown}: use {', '.join(cls.KEYS)}.")
+        check_entry(setting, cls.KEYS, where, "give path and values")
         if not setting.get("path") or not setting.get("values"):
             raise IlotsError(f"{where} needs path and values ({{pixel value: class}}).")
         try:
