@@ -398,11 +398,13 @@ def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
         valid = valid_mask(src, fill=sources.fill)
     mask = np.full((height, width), NODATA, dtype=np.uint8)
-    inside = (
-        burn_shapes(sources.area.to_crs(crs), transform, height, width)
-        if sources.area is not None
-        else np.ones((height, width), dtype=bool)
-    )
+    inside = None  # the area of interest, drawn only when a reference source needs it
+    if sources.layers is not None or sources.rasters:
+        inside = (
+            burn_shapes(sources.area.to_crs(crs), transform, height, width)
+            if sources.area is not None
+            else np.ones((height, width), dtype=bool)
+        )
     if sources.layers is not None:
         drawn = burn_layers(sources.layers, crs, transform, height, width, class_map)
         mask[inside] = drawn[inside]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
-from ilots.models.family import NETWORK
+from ilots.models.family import NETWORK, window_batch
 from ilots.models.nets import build_network
 
 META_FILE = "ilots-model.json"
@@ -93,13 +93,7 @@ class Segmenter:
         """Softmax probabilities (N, classes, H, W) for raw windows (N, bands, H, W) in raster units."""
         batch = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
         batch = batch.to(self.device, torch.float32)
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.shape[1] != self.in_channels:
-            raise IlotsError(
-                f"the model expects {self.in_channels} bands ({', '.join(self.band_names)}) "
-                f"but got {batch.shape[1]}: predict on rasters with the bands it was trained on."
-            )
+        batch = window_batch(batch, "the model", self.in_channels, self.band_names)
         height, width = batch.shape[-2:]
         pad_h, pad_w = (-height) % 32, (-width) % 32
         normalized = (batch - self._mean) / self._std

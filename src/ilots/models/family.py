@@ -12,9 +12,27 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from numpy.typing import NDArray
 
+from ilots.core.errors import IlotsError
+
 NETWORK = "network"
 RANDOM_FOREST = "random-forest"
 FAMILIES = (NETWORK, RANDOM_FOREST)
+
+
+def window_batch(batch: Any, model: str, in_channels: int, band_names: list[str]) -> Any:
+    """A (bands, H, W) window or an (N, bands, H, W) batch as a batch, its band count checked.
+
+    Raises:
+        IlotsError: the windows do not hold the ``in_channels`` bands ``model`` was trained on.
+    """
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.shape[1] != in_channels:
+        raise IlotsError(
+            f"{model} expects {in_channels} bands ({', '.join(band_names)}) but got {batch.shape[1]}: "
+            "predict on rasters with the bands it was trained on."
+        )
+    return batch
 
 
 @runtime_checkable

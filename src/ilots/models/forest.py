@@ -19,8 +19,7 @@ import torch
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from ilots.core.errors import IlotsError
-from ilots.models.family import RANDOM_FOREST
+from ilots.models.family import RANDOM_FOREST, window_batch
 
 
 def band_index(band_names: Sequence[str], name: str) -> int | None:
@@ -68,14 +67,7 @@ class PixelClassifier:
     def predict_proba(self, image: NDArray[Any] | torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes, H, W) for raw windows (N, bands, H, W), on the CPU."""
         batch = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.shape[1] != self.in_channels:
-            raise IlotsError(
-                f"the random-forest baseline expects {self.in_channels} bands "
-                f"({', '.join(self.band_names)}) but got {batch.shape[1]}: predict on rasters with the "
-                "bands it was trained on."
-            )
+        batch = window_batch(batch, "the random-forest baseline", self.in_channels, self.band_names)
         n, _, h, w = batch.shape
         out = np.zeros((n, len(self.classes), h, w), dtype=np.float32)
         for i, window in enumerate(batch):
