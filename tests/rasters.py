@@ -71,3 +71,27 @@ def write_masked_ortho(path: Path, image: np.ndarray, valid: np.ndarray) -> Path
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
         dst.write_mask(valid.astype(np.uint8) * 255)
     return path
+
+
+def tiny_city_tiles(root: Path) -> Path:
+    """A project at ``root`` holding a tiny sample city, its masks and tiles (experiment=tiny)."""
+    from ilots.pipeline.cli import main
+    from ilots.sample.city import generate_sample_city
+
+    mp = pytest.MonkeyPatch()
+    enter_project(root, mp)
+    generate_sample_city(root / "data", size=256, labeling_tile=128)
+    assert main(["labels", "experiment=tiny"]) == 0
+    assert main(["tiles", "experiment=tiny"]) == 0
+    mp.undo()
+    return root
+
+
+def sharing_project(tiles: Path, root: Path, mp: pytest.MonkeyPatch) -> Path:
+    """A fresh project at ``root`` (its own MLflow store and checkpoints), cd'ed into, sharing the
+    data, masks and tiles of the project ``tiles``."""
+    enter_project(root, mp)
+    (root / "experiments").mkdir()
+    for shared in ("experiments/tiles", "experiments/masks", "data"):
+        (root / shared).symlink_to(tiles / shared)
+    return root

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasters import enter_project, write_ortho
+from rasters import sharing_project, tiny_city_tiles, write_ortho
 from sklearn.ensemble import RandomForestClassifier
 from torch import nn
 
@@ -117,26 +117,13 @@ def always_water() -> Segmenter:
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Orthophotos, masks and tiles of a tiny sample city, made once for the module."""
-    from ilots.sample.city import generate_sample_city
-
-    root = tmp_path_factory.mktemp("city")
-    mp = pytest.MonkeyPatch()
-    enter_project(root, mp)
-    generate_sample_city(root / "data", size=256, labeling_tile=128)
-    assert main(["labels", *TINY]) == 0
-    assert main(["tiles", *TINY]) == 0
-    mp.undo()
-    return root
+    return tiny_city_tiles(tmp_path_factory.mktemp("city"))
 
 
 @pytest.fixture
 def city(tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project (its own MLflow store) sharing the module's data and tiles."""
-    enter_project(tmp_path, monkeypatch)
-    (tmp_path / "experiments").mkdir()
-    for shared in ("experiments/tiles", "experiments/masks", "data"):
-        (tmp_path / shared).symlink_to(tiles / shared)
-    return tmp_path
+    return sharing_project(tiles, tmp_path, monkeypatch)
 
 
 def register_network(root: Path, test_miou: float) -> None:

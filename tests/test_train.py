@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rasters import enter_project
+from rasters import sharing_project, tiny_city_tiles
 
 from ilots.core.errors import IlotsError
 from ilots.models.losses import auto_class_weights
@@ -21,27 +21,13 @@ QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiles of a tiny sample city, cut once for the module."""
-    from ilots.pipeline.cli import main
-    from ilots.sample.city import generate_sample_city
-
-    root = tmp_path_factory.mktemp("tiles")
-    mp = pytest.MonkeyPatch()
-    enter_project(root, mp)
-    generate_sample_city(root / "data", size=256, labeling_tile=128)
-    assert main(["labels", "experiment=tiny"]) == 0
-    assert main(["tiles", "experiment=tiny"]) == 0
-    mp.undo()
-    return root
+    return tiny_city_tiles(tmp_path_factory.mktemp("tiles"))
 
 
 @pytest.fixture
 def project(tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project (own MLflow store and checkpoints) sharing the module's tiles."""
-    enter_project(tmp_path, monkeypatch)
-    (tmp_path / "experiments").mkdir()
-    for shared in ("experiments/tiles", "experiments/masks", "data"):
-        (tmp_path / shared).symlink_to(tiles / shared)
-    return tmp_path
+    return sharing_project(tiles, tmp_path, monkeypatch)
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
