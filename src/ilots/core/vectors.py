@@ -37,10 +37,12 @@ def read_layer(
     *,
     areas_only: bool = True,
     what: str = "vector file",
+    bbox: Any = None,
 ) -> Any:
     """A vector layer as a GeoDataFrame, filtered by an OGR SQL ``where``; clear errors.
 
     Features with no geometry are dropped, and so are points and lines when ``areas_only``.
+    ``bbox`` (a GeoSeries or GeoDataFrame with its CRS) reads only the features it intersects.
 
     Raises:
         IlotsError: a missing or unreadable file, a bad ``where`` or ``layer``, no CRS.
@@ -55,10 +57,12 @@ def read_layer(
         options["where"] = where
     if layer:
         options["layer"] = layer
+    if bbox is not None:
+        options["bbox"] = bbox
     try:
         frame = gpd.read_file(path, **options)
     except Exception as exc:  # pyogrio raises several types for unreadable files, layers and bad SQL
-        extra = "".join(f" with {k} {v!r}" for k, v in options.items())
+        extra = "".join(f" with {k} {v!r}" for k, v in options.items() if k != "bbox")
         raise IlotsError(
             f"{what} {path} cannot be read{extra} ({type(exc).__name__}: {exc}): check the file with "
             "ogrinfo, and the layer name and where filter."
