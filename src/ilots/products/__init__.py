@@ -8,7 +8,7 @@ Stages (after ``predict``), each an ``ilots <stage>`` command and a ``dvc.yaml``
     (null without a canopy height raster), ``probability`` (mean tree probability, null without
     probability rasters), ``x``, ``y`` (centroid, layer CRS), ``ortho``;
   - ``tree_points``: a point per crown (its top): ``crown_id``, ``crown_diam_m``, ``height_m``;
-  - ``water``: ``water_id``, ``area_m2``, ``perimeter_m``, ``type`` (pool, pond, canal_or_river),
+  - ``water``: ``water_id``, ``area_m2``, ``perimeter_m``, ``water_type`` (pool, pond, canal_or_river),
     ``elongation``, ``compactness``, ``probability``, ``ortho``;
   - ``roofs``: ``roof_id``, ``area_m2``, ``building_id``, ``building_height_m``,
     ``roof_min_alt_m``, ``roof_max_alt_m``, ``roof_rise_m``, ``flat`` (null without a building

@@ -13,7 +13,7 @@ when that CRS is in degrees):
 - trees: canopy patches split into crowns (:mod:`ilots.products.crowns`); ``crown_diam_m`` is the
   diameter of the disc of the crown's area; ``height_m`` the crown's highest canopy height when a
   height raster is given; ``probability`` the mean predicted tree probability.
-- water: ``type`` by shape rules on the minimum rotated rectangle: ``canal_or_river`` when it is
+- water: ``water_type`` by shape rules on the minimum rotated rectangle: ``canal_or_river`` when it is
   at least ``canal_elongation`` times longer than wide, else ``pool`` when it is at most
   ``pool_max_m2`` and fills at least ``pool_rectangularity`` of that rectangle (pools are
   rectangles, or nearly), else ``pond``. ``compactness`` is 4 pi area / perimeter² (1: a disc).
@@ -266,7 +266,7 @@ def _measure_water(frame: Any, s: InventorySettings) -> Any:
     )
     frame.insert(1, "area_m2", area.round(1))
     frame.insert(2, "perimeter_m", perimeter.round(1))
-    frame.insert(3, "type", kind)
+    frame.insert(3, "water_type", kind)
     frame.insert(4, "elongation", elongation.round(2))
     frame.insert(5, "compactness", (4 * np.pi * area / perimeter**2).round(3))
     return frame
@@ -354,7 +354,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
     "tree_points": {"crown_id": "int", "crown_diam_m": "float", "height_m": "float"},
     "water": {
-        "water_id": "int", "area_m2": "float", "perimeter_m": "float", "type": "str",
+        "water_id": "int", "area_m2": "float", "perimeter_m": "float", "water_type": "str",
         "elongation": "float", "compactness": "float", "probability": "float", "ortho": "str",
     },
     "roofs": {
@@ -443,6 +443,7 @@ def build_inventory(
     inventory = Inventory(
         predictions, classes, settings, orthos=orthos, probabilities=probabilities, buildings=buildings
     )
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
     counts = dict.fromkeys(LAYERS, 0)
