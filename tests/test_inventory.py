@@ -43,7 +43,10 @@ def city_classes(size: int = 600) -> np.ndarray:
 def _inventory(tmp: Path, files: list[Path], **kwargs: object) -> dict:
     dest = tmp / "ilots.gpkg"
     summary = build_inventory(files, dest, CLASSES, **kwargs)  # type: ignore[arg-type]
-    return {"summary": summary, **{layer: gpd.read_file(dest, layer=layer) for layer in pyogrio.list_layers(dest)[:, 0]}}
+    return {
+        "summary": summary,
+        **{layer: gpd.read_file(dest, layer=layer) for layer in pyogrio.list_layers(dest)[:, 0]},
+    }
 
 
 def _quadrants(folder: Path, classes: np.ndarray, cut_row: int = 301, cut_col: int = 277) -> list[Path]:
@@ -56,7 +59,9 @@ def _quadrants(folder: Path, classes: np.ndarray, cut_row: int = 301, cut_col: i
     return files
 
 
-def test_an_orthophoto_cut_into_four_adjacent_files_gives_the_same_objects_as_the_whole(tmp_path: Path) -> None:
+def test_an_orthophoto_cut_into_four_adjacent_files_gives_the_same_objects_as_the_whole(
+    tmp_path: Path,
+) -> None:
     classes = city_classes()
     whole = _inventory(tmp_path / "whole", [write_mask(tmp_path / "whole" / "city.tif", classes)])
     parts = _inventory(tmp_path / "parts", _quadrants(tmp_path / "parts", classes))
@@ -139,7 +144,10 @@ def test_roofs_carry_their_building_and_albedo_and_flat_ones_are_greenable(tmp_p
     layer = tmp_path / "batiment.gpkg"
     buildings.to_file(layer)
     result = _inventory(
-        tmp_path, [prediction], orthos={"city": tmp_path / "orthos" / "city.tif"}, buildings=BuildingLayer(layer)
+        tmp_path,
+        [prediction],
+        orthos={"city": tmp_path / "orthos" / "city.tif"},
+        buildings=BuildingLayer(layer),
     )
     roofs = result["roofs"].set_index("building_id")
     assert set(roofs.index) == {"BAT_FLAT", "BAT_PITCHED", "BAT_BIG", "BAT_DARK"}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from shapely.geometry.base import BaseGeometry
 from ilots.core.errors import IlotsError
 from ilots.products.bands import BandRoles
 from ilots.products.crowns import CrownSettings, CrownSplitter
+from ilots.products.gpkg import atomic_gpkg
 from ilots.products.mosaic import Mosaic
 from ilots.products.polygons import stream_polygons
 
@@ -410,6 +410,64 @@ def _empty_layer(dest: Path, layer: str, crs: Any) -> None:
     )  # fmt: skip
 
 
+def _fill(inventory: Inventory, tmp: Path, counts: dict[str, int], areas: dict[str, float]) -> None:
+    """Polygonize, measure and append every object to the GeoPackage ``tmp``."""
+    import geopandas as gpd
+    import pyogrio
+
+    settings, buildings, crs = inventory.settings, inventory.buildings, inventory.mosaic.crs
+    minimum = settings.min_area_m2
+    values = list(inventory.values.values())
+    names = {v: c for c, v in inventory.values.items()}
+    for batch in stream_polygons(inventory.mosaic, values, settings.window):
+        layers: dict[str, list[dict[str, Any]]] = {}
+        for value, geoms in batch.items():
+            cls = names[value]
+            if not geoms:
+                continue
+            frame = gpd.GeoDataFrame(geometry=geoms, crs=crs)
+            big = _metric(frame).geometry.area >= float(minimum.get(cls, 0.0))
+            geoms = [g for g, keep in zip(geoms, big, strict=True) if keep]
+            if cls == "tree":
+                layers["trees"], layers["tree_points"] = inventory.trees(geoms, counts["trees"] + 1)
+            elif cls == "water":
+                layers["water"] = inventory.water(geoms, counts["water"] + 1)
+            else:
+                layers["roofs"] = inventory.roofs(geoms, counts["roofs"] + 1)
+        diameters: dict[int, float] = {}
+        for layer in LAYERS:
+            frame = _frame(layers.get(layer, []), crs)
+            if frame is None:
+                continue
+            if layer == "trees":
+                frame = _measure_trees(frame)
+                diameters = dict(zip(frame["crown_id"], frame["crown_diam_m"], strict=True))
+            elif layer == "tree_points":
+                frame["crown_diam_m"] = frame["crown_id"].map(diameters)
+            elif layer == "water":
+                frame = _measure_water(frame, settings)
+            else:
+                frame = _join_buildings(frame, buildings, settings)
+            frame = _typed(frame, layer)
+            _write(frame, tmp, layer, first=not tmp.exists())
+            counts[layer] += len(frame)
+            if layer in areas:
+                areas[layer] += float(frame["area_m2"].sum())
+    present = set(pyogrio.list_layers(tmp)[:, 0]) if tmp.exists() else set()
+    for layer in LAYERS:
+        if layer not in present:
+            _empty_layer(tmp, layer, crs)
+    for cls in OBJECT_CLASSES:
+        if cls not in inventory.values:
+            inventory.notes.append(f"the model has no {cls} class: its layer is empty")
+        elif counts[{"tree": "trees", "water": "water", "roof": "roofs"}[cls]] == 0:
+            inventory.notes.append(f"no {cls} found in the predictions")
+    if inventory.orthos is None:
+        inventory.notes.append("no orthophotos beside the predictions: albedo_proxy is empty")
+    if buildings is None:
+        inventory.notes.append("no building layer: roofs carry no height, flatness or greenable area")
+
+
 def build_inventory(
     predictions: Sequence[Path],
     dest: Path,
@@ -437,75 +495,18 @@ def build_inventory(
     Raises:
         IlotsError: unreadable or misaligned rasters, a bad building layer.
     """
-    import geopandas as gpd
 
     settings = settings or InventorySettings()
     inventory = Inventory(
         predictions, classes, settings, orthos=orthos, probabilities=probabilities, buildings=buildings
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
     counts = dict.fromkeys(LAYERS, 0)
     areas = {"trees": 0.0, "water": 0.0, "roofs": 0.0}
-    crs = inventory.mosaic.crs
-    minimum = settings.min_area_m2
     try:
-        values = list(inventory.values.values())
-        names = {v: c for c, v in inventory.values.items()}
-        for batch in stream_polygons(inventory.mosaic, values, settings.window):
-            layers: dict[str, list[dict[str, Any]]] = {}
-            for value, geoms in batch.items():
-                cls = names[value]
-                if not geoms:
-                    continue
-                frame = gpd.GeoDataFrame(geometry=geoms, crs=crs)
-                big = _metric(frame).geometry.area >= float(minimum.get(cls, 0.0))
-                geoms = [g for g, keep in zip(geoms, big, strict=True) if keep]
-                if cls == "tree":
-                    layers["trees"], layers["tree_points"] = inventory.trees(geoms, counts["trees"] + 1)
-                elif cls == "water":
-                    layers["water"] = inventory.water(geoms, counts["water"] + 1)
-                else:
-                    layers["roofs"] = inventory.roofs(geoms, counts["roofs"] + 1)
-            diameters: dict[int, float] = {}
-            for layer in LAYERS:
-                frame = _frame(layers.get(layer, []), crs)
-                if frame is None:
-                    continue
-                if layer == "trees":
-                    frame = _measure_trees(frame)
-                    diameters = dict(zip(frame["crown_id"], frame["crown_diam_m"], strict=True))
-                elif layer == "tree_points":
-                    frame["crown_diam_m"] = frame["crown_id"].map(diameters)
-                elif layer == "water":
-                    frame = _measure_water(frame, settings)
-                else:
-                    frame = _join_buildings(frame, buildings, settings)
-                frame = _typed(frame, layer)
-                _write(frame, tmp, layer, first=not tmp.exists())
-                counts[layer] += len(frame)
-                if layer in areas:
-                    areas[layer] += float(frame["area_m2"].sum())
-        import pyogrio
-
-        present = set(pyogrio.list_layers(tmp)[:, 0]) if tmp.exists() else set()
-        for layer in LAYERS:
-            if layer not in present:
-                _empty_layer(tmp, layer, crs)
-        for cls in OBJECT_CLASSES:
-            if cls not in inventory.values:
-                inventory.notes.append(f"the model has no {cls} class: its layer is empty")
-            elif counts[{"tree": "trees", "water": "water", "roof": "roofs"}[cls]] == 0:
-                inventory.notes.append(f"no {cls} found in the predictions")
-        if inventory.orthos is None:
-            inventory.notes.append("no orthophotos beside the predictions: albedo_proxy is empty")
-        if buildings is None:
-            inventory.notes.append("no building layer: roofs carry no height, flatness or greenable area")
-        os.replace(tmp, dest)
+        with atomic_gpkg(dest) as tmp:
+            _fill(inventory, tmp, counts, areas)
     finally:
         inventory.close()
-        tmp.unlink(missing_ok=True)
     return {
         "gpkg": str(dest),
         "counts": counts,
