@@ -274,7 +274,7 @@ def rule_renderer(rules: Sequence[tuple[str, str, ET.Element]]) -> ET.Element:
 
 _GREEN, _DARK_GREEN = (76, 175, 80), (27, 94, 32)
 _BLUE, _DARK_BLUE = (66, 165, 245), (13, 71, 161)
-_QUINTILE_COLORS = ((255, 255, 178), (254, 204, 92), (253, 141, 60), (240, 59, 32), (189, 0, 38))
+QUINTILE_COLORS = ((255, 255, 178), (254, 204, 92), (253, 141, 60), (240, 59, 32), (189, 0, 38))
 """Priority quintiles 1-5, yellow to dark red (ColorBrewer YlOrRd)."""
 QUINTILE_LABELS = ("1 (lowest)", "2", "3", "4", "5 (highest)")
 _CANOPY_CLASSES = (
@@ -312,7 +312,7 @@ def _renderers() -> dict[str, ET.Element]:
             [
                 (f'"quintile" = {q}', label, _fill("", color, grey, alpha=220))
                 for q, (label, color) in enumerate(
-                    zip(QUINTILE_LABELS, _QUINTILE_COLORS, strict=True), start=1
+                    zip(QUINTILE_LABELS, QUINTILE_COLORS, strict=True), start=1
                 )
             ]
             + [('"low_confidence"', "Low confidence (hatched)", _hatch("", (40, 40, 40)))]
