@@ -450,9 +450,10 @@ def _action_text(value: Any) -> str:
 
 def _top_table(cells: Any) -> str:
     columns = list(cells.columns)
+    shown = [(c, label) for c, label in _COMPONENTS[:3] if c in columns and cells[c].notna().any()]
     head = (
         "<tr><th>Rank</th><th>Cell (INSEE 200 m)</th><th>Priority</th><th>Quintile</th>"
-        + "".join(f"<th>{label}</th>" for c, label in _COMPONENTS[:3] if c in columns)
+        + "".join(f"<th>{label}</th>" for _, label in shown)
         + "<th>Why (terms, percentile rank in the city)</th><th>Action potential</th></tr>"
     )
     rows = []
@@ -468,9 +469,7 @@ def _top_table(cells: Any) -> str:
         if _flag(record.get("low_confidence")):
             note = html.escape(str(record.get("confidence_note") or ""))
             confidence = f'<div class="warn">Low confidence{": " + note if note else ""}</div>'
-        components = "".join(
-            f'<td class="num">{fmt_score(record.get(c))}</td>' for c, _ in _COMPONENTS[:3] if c in columns
-        )
+        components = "".join(f'<td class="num">{fmt_score(record.get(c))}</td>' for c, _ in shown)
         rows.append(
             f'<tr><td class="num">{fmt_number(record.get("rank"))}</td>'
             f"<td><code>{html.escape(str(record['cell_id']))}</code>{confidence}</td>"
@@ -712,7 +711,7 @@ tr:nth-child(even) td{background:#fafafa}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ci{color:#777;font-size:.85em}
 table.scores th+th{text-align:right}
-table.top{width:100%}table.top td.why{min-width:330px}table.top td.act{min-width:210px}
+table.top{width:100%}table.top td.why{min-width:300px}table.top td.act{min-width:190px}
 table.top code{font-size:.85em}
 ul.terms{margin:0;padding:0;list-style:none}ul.terms li{display:inline}
 ul.terms li+li:before{content:" · ";color:#999;font-weight:normal}
