@@ -104,8 +104,10 @@ def test_same_seed_gives_identical_orthos_and_another_seed_does_not(tmp_path: Pa
     a = generate_sample_city(tmp_path / "a", seed=3, size=SIZE, labeling_tile=TILE, n_orthos=1)
     b = generate_sample_city(tmp_path / "b", seed=3, size=SIZE, labeling_tile=TILE, n_orthos=1)
     c = generate_sample_city(tmp_path / "c", seed=4, size=SIZE, labeling_tile=TILE, n_orthos=1)
-    assert a["orthos"][0].read_bytes() == b["orthos"][0].read_bytes()
-    assert a["export"].read_bytes() == b["export"].read_bytes()
+    files = sorted(p.relative_to(a["out_dir"]) for p in Path(a["out_dir"]).rglob("*") if p.is_file())
+    assert Path("context/lcz.gpkg") in files and Path("vectors/buildings.gpkg") in files
+    for name in files:  # every file, GeoPackages and the Landsat scene included
+        assert (a["out_dir"] / name).read_bytes() == (b["out_dir"] / name).read_bytes(), name
     assert a["orthos"][0].read_bytes() != c["orthos"][0].read_bytes()
 
 

@@ -1426,14 +1426,23 @@ def _reference_layers(
 
 
 def _write_layer(frame: gpd.GeoDataFrame, dest: Path, layer: str) -> None:
-    """Write a GeoPackage under a temporary name, then move it into place."""
+    """Write a GeoPackage under a temporary name, then move it into place.
+
+    Its ``last_change`` timestamp is the sample's epoch, not the clock, so that the same seed gives
+    the same bytes.
+    """
+    import pyogrio
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
+    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _EPOCH.strftime("%Y-%m-%dT%H:%M:%SZ")})
     try:
         frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
         os.replace(tmp, dest)
     finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})
         tmp.unlink(missing_ok=True)
 
 
