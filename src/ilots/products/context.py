@@ -496,7 +496,8 @@ def read_lst(source: str | os.PathLike[str], cells: gpd.GeoDataFrame) -> pd.Data
     Args:
         source: the scene's folder or its ``*_ST_B10.TIF``; ``*_QA_PIXEL.TIF`` and ``*_MTL.txt``
             (or ``_MTL.xml``) are found beside it (without QA_PIXEL only fill is masked).
-        cells: :func:`cells_200m`'s frame (``cell_id`` and geometry, any CRS).
+        cells: :func:`cells_200m`'s frame (``cell_id`` and geometry, any CRS); clip the squares to
+            the covered area first to measure that part only (the share masked is then of it).
 
     Returns:
         A frame indexed by ``cell_id`` with ``lst_mean_c`` and ``lst_p90_c`` (°C; NaN where more
