@@ -104,8 +104,10 @@ def test_same_seed_gives_identical_orthos_and_another_seed_does_not(tmp_path: Pa
     a = generate_sample_city(tmp_path / "a", seed=3, size=SIZE, labeling_tile=TILE, n_orthos=1)
     b = generate_sample_city(tmp_path / "b", seed=3, size=SIZE, labeling_tile=TILE, n_orthos=1)
     c = generate_sample_city(tmp_path / "c", seed=4, size=SIZE, labeling_tile=TILE, n_orthos=1)
-    assert a["orthos"][0].read_bytes() == b["orthos"][0].read_bytes()
-    assert a["export"].read_bytes() == b["export"].read_bytes()
+    files = sorted(p.relative_to(a["out_dir"]) for p in Path(a["out_dir"]).rglob("*") if p.is_file())
+    assert Path("context/lcz.gpkg") in files and Path("vectors/buildings.gpkg") in files
+    for name in files:  # every file, GeoPackages and the Landsat scene included
+        assert (a["out_dir"] / name).read_bytes() == (b["out_dir"] / name).read_bytes(), name
     assert a["orthos"][0].read_bytes() != c["orthos"][0].read_bytes()
 
 
@@ -248,3 +250,127 @@ def test_readme_says_the_data_are_synthetic(city: dict) -> None:
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(IlotsError):
         generate_sample_city(tmp_path, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Context for the heat-island products: roof altitudes, Filosofi, LCZ, Landsat
+# --------------------------------------------------------------------------------------------
+
+
+def _extent(city: dict) -> Polygon:
+    left, top = 841800.0, 6519400.0
+    with rasterio.open(city["orthos"][-1]) as src:
+        return box(left, src.bounds.bottom, src.bounds.right, top)
+
+
+@pytest.fixture(scope="module")
+def town(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A city of 410 x 205 m: enough 30 m Landsat pixels to tell trees from roofs."""
+    out = tmp_path_factory.mktemp("town")
+    return generate_sample_city(out, size=1024, labeling_tile=512, return_truth=True)
+
+
+def test_buildings_have_bd_topo_roof_altitudes(town: dict) -> None:
+    buildings = gpd.read_file(town["buildings"], layer="buildings", engine="pyogrio")
+    assert {"cleabs", "nature", "hauteur", "altitude_minimale_toit", "altitude_maximale_toit"} <= set(
+        buildings.columns
+    )
+    low, high = buildings["altitude_minimale_toit"], buildings["altitude_maximale_toit"]
+    assert (high >= low).all() and low.notna().all()
+    assert 160 < low.min() and high.max() < 230  # m NGF: Lyon's ground, about 170 m, plus the building
+    assert ((low - buildings["hauteur"]).between(160, 175)).all()  # the gutter lies hauteur above ground
+    rise = high - low
+    assert (rise <= 0.3).any() and (rise > 2).any()  # flat roofs and pitched ones
+
+
+def test_filosofi_squares_read_with_the_products_reader(city: dict, town: dict) -> None:
+    from ilots.products.context import cells_200m, read_filosofi
+
+    for sample in (city, town):
+        header = Path(sample["filosofi"]).read_text(encoding="utf-8").splitlines()[0].split(",")
+        assert header[:7] == [
+            "idcar_200m",
+            "idcar_1km",
+            "idcar_nat",
+            "i_est_200",
+            "i_est_1km",
+            "lcog_geo",
+            "ind",
+        ]
+        assert len(header) == 34 and header[-1] == "ind_inc"
+        frame = read_filosofi(sample["filosofi"])
+        assert len(frame) == sample["filosofi_cells"] > 0
+        assert set(frame.index) <= set(cells_200m(_extent(sample), "EPSG:2154")["cell_id"])
+        assert frame["population"].sum() == pytest.approx(sample["population"])
+        assert (frame["population"] > 0).all()
+    frame = read_filosofi(town["filosofi"])
+    for share in ("share_65p", "share_under6", "poverty_rate", "isolation"):
+        assert frame[share].between(0, 1).all() and frame[share].nunique() > 1, share
+    assert frame["living_standard_eur"].between(5000, 60000).all()
+    assert frame.loc[frame["men"] < 11, "imputed"].all()  # INSEE imputes squares of under 11 households
+
+
+def test_lcz_layer_covers_the_city_and_reads_with_the_products_reader(town: dict) -> None:
+    from ilots.products.context import LCZ_LABELS, cells_200m, read_lcz
+
+    zones = gpd.read_file(town["lcz"], engine="pyogrio")
+    assert zones.crs.to_epsg() == 2154
+    assert set(zones["lcz"]) <= set(LCZ_LABELS) and {"2", "G"} <= set(zones["lcz"])
+    extent = _extent(town)
+    assert zones.union_all().symmetric_difference(extent).area < 1.0  # a partition of the city
+    assert zones.area.sum() == pytest.approx(extent.area, rel=1e-6)
+    lcz = read_lcz(town["lcz"], cells_200m(extent, "EPSG:2154"))
+    assert len(lcz) > 0 and set(lcz) <= set(LCZ_LABELS)
+
+
+def test_landsat_scene_is_cooler_where_trees_are(town: dict) -> None:
+    from scipy.stats import spearmanr
+
+    from ilots.products.context import landsat_files, read_lst
+
+    st, qa, mtl = landsat_files(town["landsat"])
+    assert (
+        qa is not None and mtl is not None and "TEMPERATURE_MULT_BAND_ST_B10 = 0.00341802" in mtl.read_text()
+    )
+    extent = _extent(town)
+    with rasterio.open(st) as src:
+        assert src.crs.to_epsg() == 32631 and src.res == (30.0, 30.0) and src.dtypes == ("uint16",)
+        around = gpd.GeoSeries([extent.buffer(900)], crs=2154).to_crs(32631).iloc[0]
+        assert box(*src.bounds).contains(around)  # the city and about 1 km around
+    with rasterio.open(qa) as src:
+        assert ((src.read(1) & 0b1000) != 0).any()  # a cloud
+    # 60 m squares over the city; their canopy share from the truth
+    truth = np.concatenate(town["truth"], axis=1)
+    step = 300  # pixels: 60 m
+    squares, canopy = [], []
+    for row in range(0, truth.shape[0] - step + 1, step):
+        for col in range(0, truth.shape[1] - step + 1, step):
+            x, y = 841800 + col * 0.2, 6519400 - row * 0.2
+            squares.append(box(x, y - 60, x + 60, y))
+            canopy.append((truth[row : row + step, col : col + step] == 1).mean())
+    cells = gpd.GeoDataFrame({"cell_id": [str(i) for i in range(len(squares))]}, geometry=squares, crs=2154)
+    lst = read_lst(town["landsat"], cells)
+    assert lst.attrs["acquired"] == "2026-07-15 10:30 UTC" == town["landsat_acquired"]
+    assert 0 < lst.attrs["masked_cells"] < len(cells)  # the cloud hides part of the city
+    clear = lst["lst_mean_c"].notna().to_numpy()
+    assert lst["lst_mean_c"][clear].between(20, 45).all()
+    rho = spearmanr(np.array(canopy)[clear], lst["lst_mean_c"].to_numpy()[clear]).statistic
+    assert rho < -0.5, rho
+
+
+def test_truth_objects_measure_what_the_truth_raster_shows(town: dict) -> None:
+    objects = town["truth_objects"]
+    truth = np.concatenate(town["truth"], axis=1)
+    pixel = 0.04
+    whole = objects["city"]
+    assert whole["crowns"]["union_area_m2"] == pytest.approx((truth == 1).sum() * pixel, rel=0.02)
+    assert whole["buildings"]["roof_area_m2"] >= (truth == 3).sum() * pixel  # crowns hide some roofs
+    assert whole["water"]["area_m2"] >= (truth == 2).sum() * pixel
+    assert set(whole["water"]["by_kind"]) == {"pool", "pond", "canal"}
+    assert whole["water"]["count"] == sum(k["count"] for k in whole["water"]["by_kind"].values())
+    assert 0 < whole["crowns"]["union_parts"] <= whole["crowns"]["count"]
+    orthos = objects["orthos"]
+    assert list(orthos) == [p.name for p in town["orthos"]]
+    for key, area in (("crowns", "union_area_m2"), ("buildings", "roof_area_m2")):
+        assert sum(o[key][area] for o in orthos.values()) == pytest.approx(whole[key][area], abs=1)
+        assert sum(o[key]["count"] for o in orthos.values()) >= whole[key]["count"]

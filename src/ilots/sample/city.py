@@ -9,7 +9,11 @@ flat roofs, street trees, parks, lawns, pools, a pond and a canal), then writes:
   with brushes, polygons and rectangles, including a cancelled annotation and a task annotated
   twice;
 * ``vectors/buildings.gpkg`` and ``vectors/water.gpkg``: reference layers that are slightly
-  shifted and outdated, as real ones are;
+  shifted and outdated, as real ones are; buildings with BD TOPO's ``hauteur`` and roof altitudes
+  (``altitude_minimale_toit``, ``altitude_maximale_toit``);
+* ``context/``, the heat-island products' optional inputs: ``filosofi_200m.csv`` (INSEE Filosofi
+  200 m squares, 2021 columns), ``lcz.gpkg`` (Cerema-like Local Climate Zones) and ``landsat/``
+  (a Landsat 9 Collection 2 Level-2 surface temperature scene in UTM 31N with a cloud);
 * ``README.md`` saying all of this is synthetic.
 
 Classes: 0 background, 1 tree, 2 water, 3 roof. Where objects overlap the later class in
@@ -1379,8 +1383,11 @@ def _demolished(rng: np.random.Generator, city: _City, truth: np.ndarray, count:
 
 def _reference_layers(
     rng: np.random.Generator, city: _City, truth: np.ndarray
-) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, tuple[float, float]]:
-    """Buildings and water layers: shifted by ~1 m, missing recent buildings, with demolished."""
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, tuple[float, float], list[_Building | None]]:
+    """Buildings and water layers: shifted by ~1 m, missing recent buildings, with demolished.
+
+    Also returns the drawn building behind each building record (None for a demolished one).
+    """
     angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(0.6, 1.2)
     shift = (float(distance * np.cos(angle)), float(distance * np.sin(angle)))
 
@@ -1390,9 +1397,9 @@ def _reference_layers(
     inside = [b for b in city.buildings if b.geom.intersects(city.extent)]
     kept = [b for b in inside if rng.random() >= 0.1]
     records = [(b.geom, b.nature, round(b.height, 1)) for b in kept]
-    records += [
-        (g, "Indifférenciée", round(float(rng.uniform(4, 9)), 1)) for g in _demolished(rng, city, truth, 3)
-    ]
+    demolished = _demolished(rng, city, truth, 3)
+    records += [(g, "Indifférenciée", round(float(rng.uniform(4, 9)), 1)) for g in demolished]
+    sources: list[_Building | None] = [*kept, *([None] * len(demolished))]
     buildings = gpd.GeoDataFrame(
         {
             "cleabs": [f"BATIMENT{1_000_000 + i:016d}" for i in range(len(records))],
@@ -1415,19 +1422,519 @@ def _reference_layers(
         geometry=[to_world(g) for g, _ in waters],
         crs=CRS,
     )
-    return buildings, water, shift
+    return buildings, water, shift, sources
 
 
 def _write_layer(frame: gpd.GeoDataFrame, dest: Path, layer: str) -> None:
-    """Write a GeoPackage under a temporary name, then move it into place."""
+    """Write a GeoPackage under a temporary name, then move it into place.
+
+    Its ``last_change`` timestamp is the sample's epoch, not the clock, so that the same seed gives
+    the same bytes.
+    """
+    import pyogrio
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
+    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _EPOCH.strftime("%Y-%m-%dT%H:%M:%SZ")})
     try:
         frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
         os.replace(tmp, dest)
     finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})
         tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Context for the heat-island products: roof altitudes, INSEE Filosofi, LCZ, a Landsat scene.
+# Drawn from their own generator, after everything above, so that adding them changed nothing
+# else; every figure derives from the drawn city (its truth, blocks, buildings and ground).
+# --------------------------------------------------------------------------------------------
+
+INSEE_CRS = "EPSG:3035"
+LANDSAT_CRS = "EPSG:32631"
+LANDSAT_SCENE = "LC09_L2SP_196028_20260715_20260717_02_T1"
+"""Landsat 9 Collection 2 Level-2 product id of the sample scene (WRS-2 path 196, row 28: Lyon)."""
+LANDSAT_ACQUIRED = datetime(2026, 7, 15, 10, 30, 12, 345678, tzinfo=UTC)
+_ST_MULT, _ST_ADD = 0.00341802, 149.0  # Collection 2 ST_B10 scale and offset (kelvin)
+_QA_CLEAR, _QA_WATER, _QA_CLOUD, _QA_DILATED, _QA_SHADOW = 21824, 21952, 22280, 21826, 23888
+_GROUND_ALTITUDE = 169.0  # m NGF at the sample's origin (Lyon's Presqu'île lies at 162-172 m)
+_LST_BASE = 30.0  # °C, a summer morning's surface temperature before what covers it
+_LST_GROUND = {
+    _Ground.ASPHALT: 6.0,
+    _Ground.SIDEWALK: 5.0,
+    _Ground.PAVING: 5.0,
+    _Ground.LAWN: -2.0,
+    _Ground.DRY_LAWN: 1.5,
+    _Ground.SOIL: 3.0,
+    _Ground.GRAVEL: 4.0,
+    _Ground.PARKING: 6.5,
+    _Ground.QUAY: 5.0,
+}
+_LST_ROOF = {"clay": 7.0, "zinc": 10.0, "light": 4.0, "bitumen": 11.0, "green": -1.0}
+_LST_TREE, _LST_WATER = -6.0, {"pool": -7.0, "pond": -10.0, "canal": -10.0}
+_FILOSOFI_COLUMNS = (
+    "idcar_200m", "idcar_1km", "idcar_nat", "i_est_200", "i_est_1km", "lcog_geo", "ind", "men",
+    "men_pauv", "men_1ind", "men_5ind", "men_prop", "men_fmp", "ind_snv", "men_surf", "men_coll",
+    "men_mais", "log_av45", "log_45_70", "log_70_90", "log_ap90", "log_inc", "log_soc", "ind_0_3",
+    "ind_4_5", "ind_6_10", "ind_11_17", "ind_18_24", "ind_25_39", "ind_40_54", "ind_55_64",
+    "ind_65_79", "ind_80p", "ind_inc",
+)  # fmt: skip
+_AGES = _FILOSOFI_COLUMNS[23:33]
+# age profiles (shares of _AGES): students and young workers, families, retired
+_AGE_PROFILES = np.array(
+    [
+        [0.035, 0.015, 0.03, 0.04, 0.22, 0.36, 0.13, 0.07, 0.07, 0.03],
+        [0.06, 0.035, 0.08, 0.10, 0.07, 0.22, 0.24, 0.09, 0.08, 0.025],
+        [0.02, 0.01, 0.025, 0.035, 0.05, 0.10, 0.14, 0.17, 0.30, 0.15],
+    ]
+)
+
+
+def _world(geom: BaseGeometry) -> BaseGeometry:
+    """Scene pixel coordinates to Lambert-93 (the truth: no reference-layer shift)."""
+    return affinity.affine_transform(geom, _scene_to_world())
+
+
+def _ground_altitude(x: float, y: float) -> float:
+    """Ground altitude (m NGF) at a Lambert-93 point: a gentle slope down to the east and south."""
+    return _GROUND_ALTITUDE - 0.003 * (x - ORIGIN[0]) - 0.004 * (ORIGIN[1] - y)
+
+
+def _roof_altitudes(
+    rng: np.random.Generator, buildings: gpd.GeoDataFrame, sources: list[_Building | None]
+) -> gpd.GeoDataFrame:
+    """BD TOPO's ``altitude_minimale_toit`` (gutter) and ``altitude_maximale_toit`` (ridge), m NGF.
+
+    The gutter lies ``hauteur`` above the ground; a pitched roof rises half its widest section's
+    width times the tangent of its pitch (30-40°), a flat one 0-0.3 m (parapets, skylights).
+    """
+    low, high = [], []
+    for geom, height, source in zip(buildings.geometry, buildings["hauteur"], sources, strict=True):
+        centre = geom.centroid
+        ground = _ground_altitude(centre.x, centre.y) + rng.normal(0, 0.15)
+        if source is None or source.parts[0].form == 0:
+            rise = rng.uniform(0.0, 0.3)
+        else:
+            half = max(p.width for p in source.parts) * PIXEL_SIZE / 2
+            rise = half * np.tan(np.deg2rad(rng.uniform(30, 40)))
+        low.append(round(float(ground + height), 1))
+        high.append(round(float(ground + height + rise), 1))
+    return buildings.assign(altitude_minimale_toit=low, altitude_maximale_toit=high)[
+        ["cleabs", "nature", "hauteur", "altitude_minimale_toit", "altitude_maximale_toit", "geometry"]
+    ]
+
+
+def _insee_cells(area: BaseGeometry) -> gpd.GeoDataFrame:
+    """INSEE 200 m cells (EPSG:3035) intersecting a Lambert-93 area: ``x``, ``y`` SW corners."""
+    shape = gpd.GeoSeries([area], crs=CRS).to_crs(INSEE_CRS).iloc[0]
+    x0, y0, x1, y1 = (int(np.floor(v / 200) * 200) for v in shape.bounds)
+    xs, ys = np.arange(x0, x1 + 1, 200), np.arange(y0, y1 + 1, 200)
+    squares = [(x, y, box(x, y, x + 200, y + 200)) for y in ys for x in xs]
+    squares = [(x, y, g) for x, y, g in squares if g.intersection(shape).area > 0]
+    return gpd.GeoDataFrame(
+        {"x": [int(x) for x, _, _ in squares], "y": [int(y) for _, y, _ in squares]},
+        geometry=[g for _, _, g in squares],
+        crs=INSEE_CRS,
+    )
+
+
+def _residents(building: _Building) -> tuple[float, bool]:
+    """(people living in a building, is it a house): none in sheds and commercial buildings."""
+    footprint = building.geom.area * PIXEL_SIZE**2
+    if building.nature != "Indifférenciée" or footprint < 40 or building.height < 4.5:
+        return 0.0, False
+    floors = max(1, int(building.height // 3))
+    house = building.height < 9
+    return footprint * floors * 0.8 / (55.0 if house else 45.0), house
+
+
+def _split(total: float, shares: np.ndarray, decimals: int) -> list[float]:
+    """Split ``total`` by ``shares`` rounded to ``decimals``, keeping the rounded sum (largest remainders)."""
+    unit = 10.0**-decimals
+    scaled = np.asarray(shares, float) / np.sum(shares) * round(total / unit)
+    parts = np.floor(scaled)
+    rest = round(round(total / unit) - parts.sum())
+    parts[np.argsort(scaled - parts)[::-1][:rest]] += 1
+    return [round(float(v) * unit, decimals) for v in parts]
+
+
+def _filosofi_rows(rng: np.random.Generator, city: _City) -> list[dict[str, Any]]:
+    """Filosofi 2021-like records of the inhabited 200 m cells over the city, from its buildings."""
+    extent = _world(city.extent)
+    cells = _insee_cells(extent)
+    homes = [(b, *_residents(b)) for b in city.buildings if b.geom.intersects(city.extent)]
+    homes = [(b, people, house) for b, people, house in homes if people > 0]
+    shapes = gpd.GeoSeries([_world(b.geom.intersection(city.extent)) for b, _, _ in homes], crs=CRS)
+    shapes = shapes.to_crs(INSEE_CRS)
+    tree = STRtree(list(shapes))
+    rows = []
+    east = extent.bounds[0] + 0.6 * (extent.bounds[2] - extent.bounds[0])  # two arrondissements
+    centres = cells.geometry.centroid.to_crs(CRS).x
+    for x, y, square, x_lambert in zip(cells["x"], cells["y"], cells.geometry, centres, strict=True):
+        people = houses = 0.0
+        for i in tree.query(square):
+            inside = shapes.iloc[i].intersection(square).area / shapes.iloc[i].area
+            people += homes[i][1] * inside
+            houses += homes[i][1] * inside * homes[i][2]
+        if people < 1:
+            continue  # INSEE lists inhabited squares only
+        rows.append(_filosofi_row(rng, x, y, people, houses / people, x_lambert, east))
+    return rows
+
+
+def _filosofi_row(
+    rng: np.random.Generator, x: int, y: int, people: float, house: float, x_lambert: float, east: float
+) -> dict[str, Any]:
+    """One square's figures: households, income, poverty, housing and ages that vary plausibly."""
+    size = 2.45 * house + 1.85 * (1 - house) + rng.normal(0, 0.08)
+    households = people / size
+    imputed = households < 11  # INSEE imputes the squares of fewer than 11 households (i_est_200)
+    decimals = 1 if imputed else 0
+    ind = round(people, decimals)
+    men = max(round(households, decimals), 10.0**-decimals)
+    standard = float(np.clip(rng.normal(21500 + 7000 * house, 4500), 8000, 48000))
+    poverty = float(np.clip(0.62 - standard / 52000 + rng.normal(0, 0.03), 0.02, 0.5))
+    alone = float(np.clip(0.2 * house + 0.5 * (1 - house) + rng.normal(0, 0.05), 0.05, 0.75))
+    owners = float(np.clip(0.82 * house + 0.3 * (1 - house) + rng.normal(0, 0.06), 0.05, 0.95))
+    mix = rng.dirichlet([1.2, 1.5, 0.9]) * np.array([1 - house, 1, 1])
+    ages = rng.dirichlet(60 * (mix / mix.sum()) @ _AGE_PROFILES)
+    periods = rng.dirichlet([6, 2, 1.5, 1.5] if house < 0.5 else [1, 3, 3, 2])
+    dwellings = men * rng.uniform(1.04, 1.12)
+
+    def share(value: float) -> float:
+        return round(men * value, decimals)
+
+    lcog = "69382" if x_lambert >= east + 100 else "69381" if x_lambert < east - 100 else "6938169382"
+    row: dict[str, Any] = {
+        "idcar_200m": f"CRS3035RES200mN{y}E{x}",
+        "idcar_1km": f"CRS3035RES1000mN{y // 1000 * 1000}E{x // 1000 * 1000}",
+        "idcar_nat": f"CRS3035RES400mN{y // 400 * 400}E{x // 400 * 400}"
+        if imputed
+        else f"CRS3035RES200mN{y}E{x}",
+        "i_est_200": int(imputed),
+        "i_est_1km": 0,
+        "lcog_geo": lcog,
+        "ind": ind,
+        "men": men,
+        "men_pauv": share(poverty),
+        "men_1ind": share(alone),
+        "men_5ind": share(float(rng.uniform(0.02, 0.09))),
+        "men_prop": share(owners),
+        "men_fmp": share(float(rng.uniform(0.06, 0.16))),
+        "ind_snv": round(ind * standard, 1),
+        "men_surf": round(men * (105 * house + 62 * (1 - house)) * rng.uniform(0.9, 1.1), decimals),
+        "men_coll": share(1 - house),
+        "men_mais": share(house),
+        "log_soc": round(dwellings * (1 - house) * rng.uniform(0, 0.3), decimals),
+        "log_inc": 0.0,
+        "ind_inc": 0.0,
+    }
+    row.update(
+        zip(
+            ("log_av45", "log_45_70", "log_70_90", "log_ap90"),
+            _split(dwellings, periods, decimals),
+            strict=True,
+        )
+    )
+    row.update(zip(_AGES, _split(ind, ages, decimals), strict=True))
+    return {c: row[c] for c in _FILOSOFI_COLUMNS}
+
+
+def _write_filosofi(dest: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the squares like INSEE's CSV: lower-case names, commas, integers without decimals."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return str(int(value)) if value.is_integer() else repr(value)
+        return str(value)
+
+    lines = [",".join(_FILOSOFI_COLUMNS)] + [",".join(text(r[c]) for c in _FILOSOFI_COLUMNS) for r in rows]
+    with atomic_path(dest) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _block_lcz(city: _City, truth: np.ndarray, block: tuple[float, ...]) -> str:
+    """A block's Local Climate Zone from what it holds: built share, heights, trees, water."""
+    x0, y0, x1, y1 = (round(v) for v in block)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, city.width), min(y1, city.height)
+    part = truth[y0:y1, x0:x1]
+    if part.size == 0:
+        return "E"
+    share = np.bincount(part.ravel(), minlength=4) / part.size
+    inside = [b for b in city.buildings if box(*block).contains(b.geom.centroid)]
+    area = sum(b.geom.area for b in inside)
+    height = sum(b.height * b.geom.area for b in inside) / area if area else 0.0
+    industrial = sum(b.geom.area for b in inside if b.nature != "Indifférenciée") > area / 2
+    if share[2] > 0.3:
+        return "G"
+    if share[3] < 0.1:
+        return "A" if share[1] > 0.4 else "B" if share[1] > 0.12 else "D"
+    if industrial:
+        return "8" if height < 12 else "5"
+    if height >= 10:
+        return "2" if share[3] >= 0.35 else "5"
+    return "3" if share[3] >= 0.45 else "6"
+
+
+def _lcz_layer(city: _City, truth: np.ndarray) -> gpd.GeoDataFrame:
+    """Cerema-like LCZ polygons tiling the city: one per block (streets split between their
+    blocks), the canal as 'G', what is left (quays, squares) as 'E'."""
+    extent = city.extent
+    canal = unary_union([g for g, k in city.water if k == "canal"]).intersection(extent)
+    taken = canal
+    zones: list[tuple[BaseGeometry, str]] = [(canal, "G")] if not canal.is_empty else []
+    for block in city.blocks:
+        shape = box(*block).buffer(_px(8), join_style="mitre").intersection(extent).difference(taken)
+        if shape.area > _px(1) ** 2:
+            zones.append((shape, _block_lcz(city, truth, block)))
+            taken = taken.union(shape)
+    rest = extent.difference(taken)
+    if rest.area > _px(1) ** 2:
+        zones.append((rest, "E"))
+    zones = [(g, c) for g, c in zones if g.area > _px(1) ** 2]
+    return gpd.GeoDataFrame(
+        {"id_rsu": list(range(1, len(zones) + 1)), "lcz": [c for _, c in zones]},
+        geometry=[_world(g) for g, _ in zones],
+        crs=CRS,
+    )
+
+
+def _fine_lst(city: _City, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface temperature (°C) and water share at 1.6 m over the city, from what covers each pixel."""
+    shape = (city.height, city.width)
+    ground = _rasterize([(g, int(t)) for g, t in city.ground], shape)
+    lst = _LST_BASE + np.array([_LST_GROUND[g] for g in _Ground], np.float32)[ground]
+    materials = list(_LST_ROOF)
+    roof = _rasterize([(b.geom, materials.index(b.material) + 1) for b in city.buildings], shape)
+    water = _rasterize([(g, list(_LST_WATER).index(k) + 1) for g, k in city.water], shape)
+    lst = np.where(truth == 3, _LST_BASE + np.array([0, *_LST_ROOF.values()], np.float32)[roof], lst)
+    lst = np.where(truth == 2, _LST_BASE + np.array([0, *_LST_WATER.values()], np.float32)[water], lst)
+    lst = np.where(truth == 1, _LST_BASE + _LST_TREE, lst)
+    f = 8
+    h, w = city.height // f * f, city.width // f * f
+
+    def coarse(a: np.ndarray) -> np.ndarray:
+        return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+    return coarse(lst.astype(np.float32)), coarse((truth == 2).astype(np.float32))
+
+
+def _landsat_grid(city: _City) -> tuple[Affine, int, int]:
+    """A 30 m UTM 31N grid (on multiples of 30 m) over the city and about 1 km around it."""
+    from pyproj import Transformer
+
+    x0, y0, x1, y1 = _world(city.extent).bounds
+    to_utm = Transformer.from_crs(CRS, LANDSAT_CRS, always_xy=True)
+    xs, ys = np.meshgrid(np.linspace(x0, x1, 9), np.linspace(y0, y1, 9))
+    ux, uy = to_utm.transform(xs.ravel(), ys.ravel())
+    left, bottom = np.floor((ux.min() - 1000) / 30) * 30, np.floor((uy.min() - 1000) / 30) * 30
+    right, top = np.ceil((ux.max() + 1000) / 30) * 30, np.ceil((uy.max() + 1000) / 30) * 30
+    return Affine(30.0, 0.0, left, 0.0, -30.0, top), int((top - bottom) // 30), int((right - left) // 30)
+
+
+def _landsat_scene(rng: np.random.Generator, city: _City, truth: np.ndarray):
+    """ST_B10 and QA_PIXEL arrays (uint16) of a July morning over the city, with a cloud.
+
+    Each 30 m pixel averages the surface temperature of what covers it (warmer roofs and paving,
+    cooler trees and water), blurred to the thermal sensor's ~100 m footprint; beyond the city a
+    smooth urban field continues the canal. A cloud (QA bit 3, a cold cloud top), its dilation
+    ring (bit 1) and its shadow (bit 4, to the north-west of a south-east sun) cover part of it.
+    """
+    from pyproj import Transformer
+
+    transform, height, width = _landsat_grid(city)
+    fine, water = _fine_lst(city, truth)
+    step = PIXEL_SIZE * 8
+    fine = ndimage.uniform_filter(fine, size=round(30 / step), mode="nearest")
+    water = ndimage.uniform_filter(water, size=round(30 / step), mode="nearest")
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    ux, uy = transform * (cols, rows)
+    lx, ly = Transformer.from_crs(LANDSAT_CRS, CRS, always_xy=True).transform(ux, uy)
+    fc, fr = (lx - ORIGIN[0]) / step - 0.5, (ORIGIN[1] - ly) / step - 0.5
+    inside = (fc >= 0) & (fr >= 0) & (fc <= fine.shape[1] - 1) & (fr <= fine.shape[0] - 1)
+    outside = _LST_BASE + 2.5 + 1.5 * _smooth_noise(rng, (height, width), 8)
+    canal = [g.bounds for g, k in city.water if k == "canal"]
+    lst = outside
+    if canal:
+        top_px, bottom_px = min(b[1] for b in canal), max(b[3] for b in canal)
+        north, south = ORIGIN[1] - top_px * PIXEL_SIZE, ORIGIN[1] - bottom_px * PIXEL_SIZE
+        share = np.clip((np.minimum(ly + 15, north) - np.maximum(ly - 15, south)) / 30, 0, 1)
+        lst = outside * (1 - share) + (_LST_BASE + _LST_WATER["canal"]) * share
+    sampled = ndimage.map_coordinates(fine, [fr.ravel(), fc.ravel()], order=1, mode="nearest")
+    wet = ndimage.map_coordinates(water, [fr.ravel(), fc.ravel()], order=1, mode="nearest")
+    lst = np.where(inside, sampled.reshape(height, width), lst)
+    lst = ndimage.gaussian_filter(lst, 1.0, mode="nearest") + rng.normal(0, 0.15, (height, width))
+    qa = np.full((height, width), _QA_CLEAR, np.uint16)
+    qa[inside & (wet.reshape(height, width) > 0.5)] = _QA_WATER
+    # the cloud: over the north-east of the city, a seventh of its width across
+    x0, y0, x1, y1 = _world(city.extent).bounds
+    centre = Transformer.from_crs(CRS, LANDSAT_CRS, always_xy=True).transform(
+        x0 + 0.78 * (x1 - x0), y0 + 0.7 * (y1 - y0)
+    )
+    cloud = _blob(rng, centre[0], centre[1], 0.14 * (x1 - x0), 0.15)
+    shadow = affinity.translate(cloud, -520, 620)
+    grid = {"out_shape": (height, width), "transform": transform}
+    dilated = features.rasterize([cloud.buffer(min(60.0, 0.08 * (x1 - x0)))], **grid) > 0
+    shade = features.rasterize([shadow], **grid) > 0
+    covered = features.rasterize([cloud], **grid) > 0
+    qa[shade] = _QA_SHADOW
+    lst[shade] -= 4.0
+    qa[dilated & ~covered] = _QA_DILATED
+    lst[dilated & ~covered] -= 1.5
+    qa[covered] = _QA_CLOUD
+    lst[covered] = 2.0 + rng.normal(0, 0.8, int(covered.sum()))
+    dn = np.clip(np.rint((lst + 273.15 - _ST_ADD) / _ST_MULT), 1, 65535).astype(np.uint16)
+    return dn, qa, transform
+
+
+def _mtl_text(transform: Affine, height: int, width: int, cloud_share: float) -> str:
+    """A Collection 2 Level-2 MTL.txt with the real groups and key names."""
+    left, top = transform.c, transform.f
+    right, bottom = left + 30 * width, top - 30 * height
+    when = LANDSAT_ACQUIRED
+    files = {
+        "FILE_NAME_BAND_ST_B10": "ST_B10.TIF",
+        "FILE_NAME_QUALITY_L1_PIXEL": "QA_PIXEL.TIF",
+        "FILE_NAME_METADATA_ODL": "MTL.txt",
+    }
+    groups: list[tuple[str, list[tuple[str, str]]]] = [
+        ("PRODUCT_CONTENTS", [
+            ("ORIGIN", '"SYNTHETIC - ilots sample-city, not a USGS product"'),
+            ("LANDSAT_PRODUCT_ID", f'"{LANDSAT_SCENE}"'),
+            ("PROCESSING_LEVEL", '"L2SP"'),
+            ("COLLECTION_NUMBER", "02"),
+            ("COLLECTION_CATEGORY", '"T1"'),
+            *((k, f'"{LANDSAT_SCENE}_{v}"') for k, v in files.items()),
+        ]),
+        ("IMAGE_ATTRIBUTES", [
+            ("SPACECRAFT_ID", '"LANDSAT_9"'),
+            ("SENSOR_ID", '"OLI_TIRS"'),
+            ("WRS_PATH", "196"),
+            ("WRS_ROW", "28"),
+            ("DATE_ACQUIRED", when.strftime("%Y-%m-%d")),
+            ("SCENE_CENTER_TIME", f'"{when.strftime("%H:%M:%S.%f")}0Z"'),
+            ("CLOUD_COVER", f"{100 * cloud_share:.2f}"),
+            ("SUN_AZIMUTH", "140.31622151"),
+            ("SUN_ELEVATION", "61.02748305"),
+        ]),
+        ("PROJECTION_ATTRIBUTES", [
+            ("MAP_PROJECTION", '"UTM"'),
+            ("DATUM", '"WGS84"'),
+            ("ELLIPSOID", '"WGS84"'),
+            ("UTM_ZONE", "31"),
+            ("GRID_CELL_SIZE_THERMAL", "30.00"),
+            ("THERMAL_LINES", str(height)),
+            ("THERMAL_SAMPLES", str(width)),
+            ("ORIENTATION", '"NORTH_UP"'),
+            ("CORNER_UL_PROJECTION_X_PRODUCT", f"{left:.3f}"),
+            ("CORNER_UL_PROJECTION_Y_PRODUCT", f"{top:.3f}"),
+            ("CORNER_LR_PROJECTION_X_PRODUCT", f"{right:.3f}"),
+            ("CORNER_LR_PROJECTION_Y_PRODUCT", f"{bottom:.3f}"),
+        ]),
+        ("LEVEL2_SURFACE_TEMPERATURE_PARAMETERS", [
+            ("TEMPERATURE_MAXIMUM_BAND_ST_B10", "372.999941"),
+            ("TEMPERATURE_MINIMUM_BAND_ST_B10", "149.003418"),
+            ("QUANTIZE_CAL_MAXIMUM_BAND_ST_B10", "65535"),
+            ("QUANTIZE_CAL_MINIMUM_BAND_ST_B10", "1"),
+            ("TEMPERATURE_MULT_BAND_ST_B10", f"{_ST_MULT}"),
+            ("TEMPERATURE_ADD_BAND_ST_B10", f"{_ST_ADD}"),
+        ]),
+    ]  # fmt: skip
+    lines = ["GROUP = LANDSAT_METADATA_FILE"]
+    for name, entries in groups:
+        lines += [f"  GROUP = {name}", *(f"    {k} = {v}" for k, v in entries), f"  END_GROUP = {name}"]
+    return "\n".join([*lines, "END_GROUP = LANDSAT_METADATA_FILE", "END", ""])
+
+
+def _write_landsat(folder: Path, dn: np.ndarray, qa: np.ndarray, transform: Affine) -> list[Path]:
+    """Write ST_B10, QA_PIXEL (uint16 GeoTIFFs, UTM 31N) and MTL.txt as USGS names them."""
+    height, width = dn.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint16",
+        "crs": LANDSAT_CRS,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    paths = []
+    for name, band, nodata in (("ST_B10", dn, 0), ("QA_PIXEL", qa, 1)):
+        path = folder / f"{LANDSAT_SCENE}_{name}.TIF"
+        with atomic_path(path) as tmp:
+            with rasterio.open(tmp, "w", nodata=nodata, **profile) as dst:
+                dst.write(band, 1)
+        paths.append(path)
+    mtl = folder / f"{LANDSAT_SCENE}_MTL.txt"
+    cloud_share = float(((qa & 0b1010) != 0).mean())
+    with atomic_path(mtl) as tmp:
+        tmp.write_text(_mtl_text(transform, height, width, cloud_share), encoding="utf-8")
+    return [*paths, mtl]
+
+
+def _write_context(rng: np.random.Generator, out_dir: Path, city: _City, truth: np.ndarray) -> dict[str, Any]:
+    """Write ``context/filosofi_200m.csv``, ``context/lcz.gpkg`` and ``context/landsat/``."""
+    folder = out_dir / "context"
+    rows = _filosofi_rows(rng, city)
+    filosofi = folder / "filosofi_200m.csv"
+    _write_filosofi(filosofi, rows)
+    lcz = _lcz_layer(city, truth)
+    _write_layer(lcz, folder / "lcz.gpkg", "lcz")
+    dn, qa, transform = _landsat_scene(rng, city, truth)
+    landsat = _write_landsat(folder / "landsat", dn, qa, transform)
+    return {
+        "filosofi": filosofi,
+        "lcz": folder / "lcz.gpkg",
+        "landsat": folder / "landsat",
+        "landsat_files": landsat,
+        "filosofi_cells": len(rows),
+        "population": round(sum(float(r["ind"]) for r in rows), 1),
+        "lcz_polygons": len(lcz),
+        "landsat_acquired": LANDSAT_ACQUIRED.strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _objects_in(city: _City, region: Polygon) -> dict[str, Any]:
+    """Truth objects in a region (scene pixels), measured in m² in world coordinates."""
+    m2 = PIXEL_SIZE**2
+    crowns = [t.geom for t in city.trees if t.geom.intersects(region)]
+    canopy = unary_union(crowns).intersection(region) if crowns else Polygon()
+    parts = [g for g in getattr(canopy, "geoms", [canopy]) if not g.is_empty and g.area > 0]
+    waters: dict[str, dict[str, float]] = {}
+    for kind in _WATER_LOOK:
+        shapes = [g.intersection(region) for g, k in city.water if k == kind and g.intersects(region)]
+        shapes = [g for g in shapes if g.area > 0]
+        waters[kind] = {"count": len(shapes), "area_m2": round(sum(g.area for g in shapes) * m2, 1)}
+    roofs = [b.geom for b in city.buildings if b.geom.intersects(region)]
+    roof = unary_union(roofs).intersection(region) if roofs else Polygon()
+    return {
+        "crowns": {
+            "count": len(crowns),
+            "union_area_m2": round(canopy.area * m2, 1),
+            "union_parts": len(parts),
+        },
+        "water": {
+            "count": sum(v["count"] for v in waters.values()),
+            "area_m2": round(sum(v["area_m2"] for v in waters.values()), 1),
+            "by_kind": waters,
+        },
+        "buildings": {"count": len(roofs), "roof_area_m2": round(roof.area * m2, 1)},
+    }
+
+
+def _truth_objects(city: _City, size: int, n_orthos: int, orthos: list[Path]) -> dict[str, Any]:
+    """Counts and areas of the drawn crowns, water bodies and buildings: the city and each ortho.
+
+    An object across two orthos counts in both; the city's figures count it once. Areas are of
+    the objects' own shapes clipped to the extent (a crown over a roof counts in both).
+    """
+    per_ortho = {
+        path.name: _objects_in(city, box(k * size, 0, (k + 1) * size, size)) for k, path in enumerate(orthos)
+    }
+    return {"city": _objects_in(city, city.extent), "orthos": per_ortho}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1462,13 +1969,22 @@ def _write_ortho(dest: Path, image: np.ndarray, transform: Affine, seed: int) ->
             dst.update_tags(SOURCE="SYNTHETIC - ilots sample-city", SEED=str(seed))
 
 
-def _write_readme(dest: Path, seed: int, orthos: list[Path], n_tasks: int, n_done: int) -> None:
+def _write_readme(
+    dest: Path, seed: int, orthos: list[Path], n_tasks: int, n_done: int, context: dict[str, Any]
+) -> None:
     text = f"""# Sample city (SYNTHETIC data)
 
 Everything here was generated by `ilots sample-city` (seed {seed}); none of it is a real place.
 - `orthos/`: {len(orthos)} adjacent GeoTIFFs, bands red, green, blue, near infrared; 20 cm; EPSG:2154.
 - `labels/export.json`: Label Studio export, {n_tasks} tiles, {n_done} annotated (tree, water, roof).
-- `vectors/`: buildings and water reference layers, deliberately shifted by ~1 m and outdated.
+- `vectors/`: buildings and water reference layers, deliberately shifted by ~1 m and outdated; the
+  buildings carry IGN BD TOPO's `hauteur`, `altitude_minimale_toit` and `altitude_maximale_toit`.
+- `context/filosofi_200m.csv`: INSEE Filosofi-like 200 m squares (the 2021 file's columns):
+  {context["filosofi_cells"]} inhabited squares of the EPSG:3035 grid, people from the buildings' volumes.
+- `context/lcz.gpkg`: Cerema-like Local Climate Zones (`lcz`: '1'-'10', 'A'-'G'), EPSG:2154.
+- `context/landsat/`: a Landsat 9 Collection 2 Level-2 surface temperature scene
+  (`{LANDSAT_SCENE}_ST_B10.TIF`, `_QA_PIXEL.TIF`, `_MTL.txt`; 30 m, EPSG:32631),
+  {context["landsat_acquired"]}, with a cloud over part of the city.
 To use your own data instead: put your orthophoto GeoTIFFs in `orthos/`,
 label tiles in Label Studio and export them as JSON to `labels/export.json`,
 remove these synthetic files, then record the new data with `dvc add data` (or `dvc commit`).
@@ -1502,18 +2018,27 @@ def generate_sample_city(
     """Write the sample city under out_dir and return a summary dict (paths, counts).
 
     Args:
-        out_dir: folder to write ``orthos/``, ``labels/``, ``vectors/`` and ``README.md`` into.
+        out_dir: folder to write ``orthos/``, ``labels/``, ``vectors/``, ``context/`` and
+            ``README.md`` into.
         seed: everything written is a pure function of the seed and the other arguments.
         size: width and height of each orthophoto in pixels (0.2 m each).
         n_orthos: number of orthophotos, side by side from west to east.
         labeling_tile: side of the square labeling tiles cut on each ortho's grid.
         annotated_fraction: share of the labeling tiles carrying an annotation.
-        return_truth: also return the ground truth of each ortho under ``"truth"``.
+        return_truth: also return the ground truth of each ortho under ``"truth"`` and the
+            drawn objects' counts and areas under ``"truth_objects"``.
 
     Returns:
-        Paths (``orthos``, ``export``, ``buildings``, ``water``, ``readme``), counts
-        (``tasks``, ``annotated_tasks``, ``buildings``, ``reference_buildings``, ...), the
-        per-class pixel ``class_fractions`` and the reference layers' ``vector_shift_m``.
+        Paths (``orthos``, ``export``, ``buildings``, ``water``, ``readme``; the context files
+        ``filosofi`` = ``context/filosofi_200m.csv``, ``lcz`` = ``context/lcz.gpkg``, ``landsat`` =
+        the ``context/landsat/`` folder and ``landsat_files``), counts (``tasks``,
+        ``annotated_tasks``, ``buildings_count``, ``reference_buildings``, ``filosofi_cells``,
+        ``population``, ``lcz_polygons``...), the per-class pixel ``class_fractions``, the
+        reference layers' ``vector_shift_m`` and the scene's ``landsat_acquired``. With
+        ``return_truth``, ``truth_objects`` holds for ``"city"`` and for each ortho (by file name,
+        under ``"orthos"``) in world units: ``crowns`` (``count``, ``union_area_m2`` of the crowns'
+        union, ``union_parts``), ``water`` (``count``, ``area_m2``, ``by_kind`` pool / pond / canal)
+        and ``buildings`` (``count``, ``roof_area_m2`` of the roofs' union), objects clipped to it.
 
     Raises:
         IlotsError: an argument is out of range.
@@ -1535,12 +2060,16 @@ def generate_sample_city(
     export = out_dir / "labels" / "export.json"
     with atomic_path(export) as tmp:
         tmp.write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
-    buildings, water, shift = _reference_layers(rng, city, truth)
+    buildings, water, shift, sources = _reference_layers(rng, city, truth)
+    # what follows draws from its own generator: the files above stay as they were without it
+    context_rng = np.random.default_rng([seed, 2])
+    buildings = _roof_altitudes(context_rng, buildings, sources)
     _write_layer(buildings, out_dir / "vectors" / "buildings.gpkg", "buildings")
     _write_layer(water, out_dir / "vectors" / "water.gpkg", "water")
+    context = _write_context(context_rng, out_dir, city, truth)
     n_done = sum(1 for t in tasks if t["total_annotations"])
     readme = out_dir / "README.md"
-    _write_readme(readme, seed, orthos, len(tasks), n_done)
+    _write_readme(readme, seed, orthos, len(tasks), n_done, context)
     counts = np.bincount(truth.ravel(), minlength=4) / truth.size
     summary: dict[str, Any] = {
         "out_dir": out_dir,
@@ -1558,7 +2087,9 @@ def generate_sample_city(
         "trees": len(city.trees),
         "class_fractions": {CLASSES[c]: round(float(counts[c]), 4) for c in range(4)},
         "vector_shift_m": shift,
+        **context,
     }
     if return_truth:
         summary["truth"] = [truth[:, k * size : (k + 1) * size].copy() for k in range(n_orthos)]
+        summary["truth_objects"] = _truth_objects(city, size, n_orthos, orthos)
     return summary
