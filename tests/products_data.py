@@ -63,7 +63,7 @@ def objects(n_trees: int = 60, seed: int = 0) -> dict[str, gpd.GeoDataFrame]:
             "water_id": [1, 2, 3],
             "area_m2": [round(g.area, 2) for g in water_shapes],
             "perimeter_m": [round(g.length, 2) for g in water_shapes],
-            "type": ["pool", "pond", "canal_or_river"],
+            "water_type": ["pool", "pond", "canal_or_river"],
             "elongation": [2.0, 1.0, 33.3],
             "compactness": [0.68, 0.99, 0.15],
             "probability": [0.95, 0.9, 0.97],

@@ -24,7 +24,7 @@ Stages (after ``predict``), each an ``ilots <stage>`` command and a ``dvc.yaml``
   ``share_under6``, ``poverty_rate``, ``living_standard_eur``, ``isolation``, ``imputed``
   (INSEE Filosofi).
 - ``priority`` (``products/priority.py``): ``experiments/products/priority.gpkg``, layer
-  ``priority``: the grid's columns plus each term's percentile rank (``r_*``), ``exposure``,
+  ``priority``: the grid's columns plus each term's value and percentile rank (``r_<value>``), ``exposure``,
   ``sensitivity``, ``capacity`` (lack of capacity to cope), ``priority`` (0-1), ``quintile`` (1-5),
   ``rank``, ``low_confidence`` and ``confidence_note``, ``action_potential``.
 - ``report`` (``products/report.py``): ``experiments/products/report.html``, one self-contained

@@ -23,10 +23,16 @@ def atomic_gpkg(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_layers(dest: Path, layers: Mapping[str, Any]) -> None:
-    """Write GeoDataFrames as the layers of the GeoPackage ``dest``, atomically."""
+def write_layers(dest: Path, layers: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    """Write GeoDataFrames as the layers of the GeoPackage ``dest`` (with ``metadata`` on each layer),
+    atomically, with their QGIS styles (:mod:`ilots.products.styles`)."""
     import pyogrio
+
+    from ilots.products.styles import write_styles
 
     with atomic_gpkg(dest) as tmp:
         for name, frame in layers.items():
-            pyogrio.write_dataframe(frame, tmp, layer=name, driver="GPKG", promote_to_multi=True)
+            pyogrio.write_dataframe(
+                frame, tmp, layer=name, driver="GPKG", promote_to_multi=True, layer_metadata=metadata
+            )
+        write_styles(tmp)

@@ -44,6 +44,7 @@ from ilots.products.crowns import CrownSettings, CrownSplitter
 from ilots.products.gpkg import atomic_gpkg
 from ilots.products.mosaic import Mosaic
 from ilots.products.polygons import stream_polygons
+from ilots.products.styles import write_styles
 
 log = logging.getLogger("ilots")
 
@@ -505,6 +506,7 @@ def build_inventory(
     try:
         with atomic_gpkg(dest) as tmp:
             _fill(inventory, tmp, counts, areas)
+            write_styles(tmp)
     finally:
         inventory.close()
     return {

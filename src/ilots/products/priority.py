@@ -1,15 +1,16 @@
 """A transparent priority index per 200 m cell: hot, fragile people, little capacity to cope.
 
-Every term is a percentile rank among the city's cells (0: the lowest value, 1: the highest; ties
-share their mean rank), kept in its own ``r_*`` column so a planner sees why a cell ranks high:
+Every term is a percentile rank among the city's cells, oriented so that 1 means more need (0: the
+least), ties sharing their mean rank, kept in its own column ``r_<value column>`` beside the value
+it ranks, so a planner sees why a cell ranks high:
 
-- exposure: ``r_lst`` (land surface temperature anomaly), ``r_no_canopy`` (1 - canopy share),
-  ``r_impervious`` (roof + mineral share), ``r_lcz`` (the Local Climate Zone's heat propensity,
-  :data:`LCZ_HEAT`);
-- sensitivity: ``r_65p`` (share aged 65+), ``r_under6`` (share under 6), ``r_density``
-  (inhabitants per hectare);
-- capacity to cope, as its lack: ``r_poverty`` (poverty rate), ``r_low_income`` (the opposite
-  of the mean standard of living), ``r_isolation`` (one-person households).
+- exposure: ``r_lst_anomaly_c`` (land surface temperature anomaly), ``r_canopy_share`` (the less
+  canopy, the higher), ``r_impervious_share`` (roof + mineral share), ``r_lcz`` (the Local Climate
+  Zone's heat propensity, :data:`LCZ_HEAT`);
+- sensitivity: ``r_share_65p`` (share aged 65+), ``r_share_under6`` (share under 6),
+  ``r_density_per_ha`` (inhabitants per hectare of the 4 ha cell);
+- capacity to cope, as its lack: ``r_poverty_rate``, ``r_living_standard_eur`` (the lower the
+  mean standard of living, the higher), ``r_isolation`` (one-person households).
 
 A component is the mean of the terms it has (a term without data is left out, and the notes say
 so); ``priority`` is the weighted mean of the components (weights from ``products.priority``),
@@ -17,9 +18,9 @@ so); ``priority`` is the weighted mean of the components (weights from ``product
 ``low_confidence`` flags cells whose figures are estimates (Filosofi imputed), that have few
 inhabitants, or little valid imagery (the share of the whole cell: a cell on the border of the
 orthophotos counts only what they cover, while Filosofi counts the whole cell);
-``confidence_note`` says which. ``action_potential`` is
-the mean rank of the plantable ground (low vegetation + mineral share) and of the greenable roof
-area per hectare: where acting is possible, not only needed.
+``confidence_note`` says which. ``action_potential`` is the mean rank (``ap_*``) of the
+plantable ground (``plantable_share``: low vegetation + mineral share) and of the greenable flat
+roofs (``greenable_m2_per_ha``): where acting is possible, not only needed.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ LCZ_HEAT = {
 }  # fmt: skip
 
 TERMS = {
-    "exposure": ("r_lst", "r_no_canopy", "r_impervious", "r_lcz"),
-    "sensitivity": ("r_65p", "r_under6", "r_density"),
-    "capacity": ("r_poverty", "r_low_income", "r_isolation"),
+    "exposure": ("r_lst_anomaly_c", "r_canopy_share", "r_impervious_share", "r_lcz"),
+    "sensitivity": ("r_share_65p", "r_share_under6", "r_density_per_ha"),
+    "capacity": ("r_poverty_rate", "r_living_standard_eur", "r_isolation"),
 }
 
 
@@ -97,17 +98,18 @@ def score(grid: Any, settings: PrioritySettings | None = None) -> tuple[Any, lis
         raise IlotsError("products.priority.weights must be >= 0.")
     out = grid.copy()
     notes: list[str] = []
-    out["r_lst"] = _rank(_column(out, "lst_anomaly_c"))
-    out["r_no_canopy"] = _rank(1 - _column(out, "canopy_share"))
-    out["r_impervious"] = _rank(_column(out, "roof_share") + _column(out, "mineral_share").fillna(0))
+    out["impervious_share"] = _column(out, "roof_share") + _column(out, "mineral_share").fillna(0)
+    out["density_per_ha"] = _column(out, "population") / 4.0  # a Filosofi cell is 4 ha
+    out["r_lst_anomaly_c"] = _rank(_column(out, "lst_anomaly_c"))
+    out["r_canopy_share"] = _rank(-_column(out, "canopy_share"))
+    out["r_impervious_share"] = _rank(out["impervious_share"])
     lcz = out["lcz"].map(LCZ_HEAT) if "lcz" in out.columns else _column(out, "lcz")
     out["r_lcz"] = _rank(lcz.astype(float))
-    density = _column(out, "population") / 4.0  # a Filosofi cell is 4 ha, whatever we cover of it
-    out["r_65p"] = _rank(_column(out, "share_65p"))
-    out["r_under6"] = _rank(_column(out, "share_under6"))
-    out["r_density"] = _rank(density)
-    out["r_poverty"] = _rank(_column(out, "poverty_rate"))
-    out["r_low_income"] = _rank(-_column(out, "living_standard_eur"))
+    out["r_share_65p"] = _rank(_column(out, "share_65p"))
+    out["r_share_under6"] = _rank(_column(out, "share_under6"))
+    out["r_density_per_ha"] = _rank(out["density_per_ha"])
+    out["r_poverty_rate"] = _rank(_column(out, "poverty_rate"))
+    out["r_living_standard_eur"] = _rank(-_column(out, "living_standard_eur"))
     out["r_isolation"] = _rank(_column(out, "isolation"))
     used: dict[str, float] = {}
     for component, terms in TERMS.items():
@@ -119,7 +121,7 @@ def score(grid: Any, settings: PrioritySettings | None = None) -> tuple[Any, lis
         weight = float(settings.weights.get(component, 1.0))
         if present and weight > 0:
             used[component] = weight
-    if "r_lst" not in [t for t in TERMS["exposure"] if out[t].notna().any()]:
+    if out["r_lst_anomaly_c"].isna().all():
         notes.append("no land surface temperature: exposure uses land cover only")
     if not used:
         raise IlotsError("no priority term has data: the grid has neither land cover nor context.")
@@ -149,14 +151,18 @@ def score(grid: Any, settings: PrioritySettings | None = None) -> tuple[Any, lis
         plantable = (
             1 - _column(out, "canopy_share") - _column(out, "water_share") - _column(out, "roof_share")
         )
-    greenable = _column(out, "greenable_roof_m2") / (_column(out, "covered_m2") / 1e4)
-    out["r_plantable"] = _rank(plantable)
-    out["r_greenable"] = _rank(greenable)
-    out["action_potential"] = out[["r_plantable", "r_greenable"]].mean(axis=1, skipna=True)
-    for column in [c for c in out.columns if c.startswith("r_")] + [
-        "exposure", "sensitivity", "capacity", "priority", "action_potential"
+    out["plantable_share"] = plantable
+    out["greenable_m2_per_ha"] = _column(out, "greenable_roof_m2") / (_column(out, "covered_m2") / 1e4)
+    out["ap_plantable_share"] = _rank(plantable)
+    out["ap_greenable_m2_per_ha"] = _rank(out["greenable_m2_per_ha"])
+    out["action_potential"] = out[["ap_plantable_share", "ap_greenable_m2_per_ha"]].mean(axis=1, skipna=True)
+    for column in [c for c in out.columns if c.startswith(("r_", "ap_"))] + [
+        "exposure", "sensitivity", "capacity", "priority", "action_potential", "impervious_share",
+        "plantable_share",
     ]:  # fmt: skip
         out[column] = out[column].astype(float).round(3)
+    out["density_per_ha"] = out["density_per_ha"].round(1)
+    out["greenable_m2_per_ha"] = out["greenable_m2_per_ha"].round(1)
     return out, notes
 
 

@@ -82,6 +82,10 @@ _TERMS: dict[str, tuple[str, str]] = {
     "flat_roof_m2": ("flat roofs {}", "area"),
     "greenable_roof_m2": ("greenable roofs {}", "area"),
     "lcz": ("LCZ {}", "text"),
+    "impervious_share": ("roofs and mineral ground {}", "share"),
+    "density_per_ha": ("{} residents/ha", "count"),
+    "plantable_share": ("plantable ground {}", "share"),
+    "greenable_m2_per_ha": ("greenable roofs {} m²/ha", "count"),
 }
 
 
@@ -441,11 +445,25 @@ def _cell_note(row: Mapping[str, Any], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _action_text(value: Any) -> str:
+def _action_text(value: Any, row: Mapping[str, Any] | None = None) -> str:
+    """The action potential: its score, and the ground and roofs it counts (from the cell's shares)."""
     if isinstance(value, str):
         return value
     number = _finite(value)
-    return DASH if number is None else f"{number:.2f}"
+    if number is None:
+        return DASH
+    row = row or {}
+    parts = []
+    covered = _finite(row.get("covered_m2"))
+    valid = _finite(row.get("valid_share"))
+    ground = [_finite(row.get(c)) for c in ("low_veg_share", "mineral_share")]
+    if covered is not None and any(g is not None for g in ground):
+        m2 = covered * (valid if valid is not None else 1.0) * sum(g or 0.0 for g in ground)
+        parts.append(f"{fmt_area(m2)} of low vegetation and mineral ground")
+    greenable = _finite(row.get("greenable_roof_m2"))
+    if greenable is not None:
+        parts.append(f"{fmt_area(greenable)} of greenable flat roofs")
+    return f"{number:.2f}" + (f": {', '.join(parts)}" if parts else "")
 
 
 def _top_table(cells: Any) -> str:
@@ -476,7 +494,7 @@ def _top_table(cells: Any) -> str:
             f'<td class="num">{fmt_score(record.get("priority"))}</td>'
             f'<td class="num">{fmt_number(record.get("quintile"))}</td>{components}'
             f'<td class="why"><ul class="terms">{why or "<li>no term ranked</li>"}</ul></td>'
-            f'<td class="act">{html.escape(_action_text(record.get("action_potential")))}</td></tr>'
+            f'<td class="act">{html.escape(_action_text(record.get("action_potential"), record))}</td></tr>'
         )
     return f'<table class="top">{head}{"".join(rows)}</table>'
 
@@ -526,8 +544,8 @@ def _totals_table(totals: Mapping[str, float | None], objects: Mapping[str, Any]
 
     water_types = ""
     water = objects.get("water")
-    if water is not None and "type" in water.columns and len(water):
-        counts = water["type"].value_counts()
+    if water is not None and "water_type" in water.columns and len(water):
+        counts = water["water_type"].value_counts()
         water_types = ", ".join(
             f"{fmt_number(n)} {html.escape(str(t).replace('_', ' '))}" for t, n in counts.items()
         )

@@ -53,7 +53,7 @@ ALIASES: dict[str, str] = {
     "y": "Centroid y",
     "ortho": "Orthophoto",
     "perimeter_m": "Perimeter (m)",
-    "type": "Type",
+    "water_type": "Water type",
     "elongation": "Elongation",
     "compactness": "Compactness (0-1)",
     "building_id": "Building id",
