@@ -418,6 +418,16 @@ def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
     shown = out.relative_to(root) if out.is_relative_to(root) else out
     lines.append(f"  predictions     {len(rasters)} class GeoTIFF(s) in {shown}/")
     lines += [f"                  {p.name}" for p in rasters[:10]]
+    products = resolve_path(root, cfg.products.out)
+    shown_products = products.relative_to(root) if products.is_relative_to(root) else products
+    for name, what in (
+        ("ilots.gpkg", "tree crowns, tree tops, water bodies, roofs (QGIS-styled GeoPackage)"),
+        ("grid.gpkg", "INSEE 200 m cells: land cover, trees, roofs, temperature, LCZ, Filosofi"),
+        ("priority.gpkg", "the priority index per cell, with each term's rank"),
+        ("report.html", "the offline report: open it in a browser"),
+    ):
+        if (products / name).is_file():
+            lines.append(f"  products        {shown_products}/{name}: {what}")
     uri = tracking_uri(cfg.logger.tracking_uri, root)
     if uri.startswith("sqlite:"):
         lines.append(
