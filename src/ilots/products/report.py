@@ -583,9 +583,10 @@ def _interval(record: Mapping[str, Any], key: str) -> str:
 
 def _scores_section(scores: Mapping[str, Mapping[str, Any]], scores_note: str | None) -> str:
     if not scores:
+        note = f" {html.escape(scores_note)}" if scores_note else ""
         return (
             "<p>No test scores were given: the maps come from a model whose accuracy this report "
-            "cannot tell.</p>"
+            f"cannot tell.{note}</p>"
         )
     names = list(scores)
     classes: list[str] = []
