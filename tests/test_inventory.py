@@ -179,3 +179,43 @@ def test_rasters_on_another_grid_are_refused_and_the_previous_inventory_is_kept(
         _inventory(tmp_path, [first, shifted])
     assert (tmp_path / "ilots.gpkg").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".gpkg"] == ["ilots.gpkg"]
+
+
+def test_a_terrace_predicted_as_one_roof_is_cut_into_one_roof_per_building(tmp_path: Path) -> None:
+    """A class raster merges touching roofs; the building layer gives each house its own roof, the
+    parts tiling the predicted roof (eaves beyond a footprint go to the house they hang from)."""
+    classes = np.zeros((200, 400), dtype=np.uint8)
+    classes[50:100, 50:350] = ROOF  # 60 x 10 m of touching roofs: 600 m²
+    prediction = write_mask(tmp_path / "pred" / "terrace.tif", classes)
+    x = lambda col: X0 + col * RES  # noqa: E731
+    y = lambda row: Y0 - row * RES  # noqa: E731
+    houses = gpd.GeoDataFrame(
+        {"cleabs": ["HOUSE_A", "HOUSE_B", "HOUSE_C", "SHED"]},
+        geometry=[
+            box(x(52), y(98), x(150), y(52)),  # eaves of 2 px outside the footprint on 3 sides
+            box(x(150), y(99), x(201), y(51)),
+            box(x(201), y(101), x(349), y(49)),  # shifted beyond the roof, like BD TOPO
+            box(x(349), y(60), x(360), y(55)),  # touches the roof by 0.04 m²: no part of its own
+        ],
+        crs="EPSG:2154",
+    )
+    layer = tmp_path / "batiment.gpkg"
+    houses.to_file(layer)
+
+    def roofs(**settings: object) -> gpd.GeoDataFrame:
+        folder = tmp_path / f"run{len(settings)}"
+        folder.mkdir()
+        kwargs: dict = {"buildings": BuildingLayer(layer, height=None, roof_min=None, roof_max=None)}
+        if settings:
+            kwargs["settings"] = InventorySettings(**settings)  # type: ignore[arg-type]
+        return _inventory(folder, [prediction], **kwargs)["roofs"]
+
+    cut = roofs().set_index("building_id")
+    assert sorted(cut.index) == ["HOUSE_A", "HOUSE_B", "HOUSE_C"]
+    assert cut.area_m2.sum() == pytest.approx(600.0, abs=0.5)
+    assert cut.area_m2["HOUSE_A"] == pytest.approx(20.0 * 10.0, abs=0.5)  # cols 50-150 with its eaves
+    assert cut.area_m2["HOUSE_B"] == pytest.approx(10.2 * 10.0, abs=0.5)  # cols 150-201
+    assert cut.area_m2["HOUSE_C"] == pytest.approx(29.8 * 10.0, abs=0.5)  # cols 201-350
+    assert gpd.GeoSeries(cut.geometry).union_all().area == pytest.approx(600.0, abs=0.5)
+    whole = roofs(split_min_m2=None)
+    assert len(whole) == 1 and whole.area_m2.iloc[0] == pytest.approx(600.0, abs=0.5)

@@ -71,12 +71,15 @@ def inventory(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
     inv = p.inventory
     crowns = to_dict(inv.crowns)
     crowns["height"] = _optional(root, crowns.get("height"), "products.inventory.crowns.height")
+    roofs = to_dict(inv.roofs)
+    split = roofs.pop("split_min_m2", None)
     settings = InventorySettings(
         window=int(inv.window),
         min_area_m2={k: float(v) for k, v in to_dict(inv.min_area_m2).items()},
         crowns=CrownSettings(**crowns),
         **{k: float(v) for k, v in to_dict(inv.water).items()},
-        **{k: float(v) for k, v in to_dict(inv.roofs).items()},
+        **{k: float(v) for k, v in roofs.items()},
+        split_min_m2=None if split is None else float(split),
         bands=_bands(cfg),
     )
     b = inv.get("buildings")

@@ -17,7 +17,9 @@ when that CRS is in degrees):
   at least ``canal_elongation`` times longer than wide, else ``pool`` when it is at most
   ``pool_max_m2`` and fills at least ``pool_rectangularity`` of that rectangle (pools are
   rectangles, or nearly), else ``pond``. ``compactness`` is 4 pi area / perimeter² (1: a disc).
-- roofs: joined to the building layer, when given, by largest overlap (the building's id, height
+- roofs: cut along the building layer's footprints, when given, where one predicted roof covers
+  several buildings (:mod:`ilots.products.roofsplit`, at least ``split_min_m2`` of each), then
+  joined to it by largest overlap (the building's id, height
   and roof altitudes); ``roof_rise_m`` = max - min roof altitude and ``flat`` when it is at most
   ``flat_rise_m``; ``greenable_m2`` the area of a flat roof of at least ``greenable_min_m2``
   (0 otherwise, null without roof altitudes); ``albedo_proxy`` from the orthophoto's bands
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import rasterio.features
+import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ilots.core.errors import IlotsError
@@ -87,6 +90,7 @@ class InventorySettings:
     flat_rise_m: float = 1.0
     greenable_min_m2: float = 50.0
     dark_below: float = 0.25
+    split_min_m2: float | None = 4.0
     bands: Mapping[str, int | None] = field(default_factory=dict)
 
 
@@ -215,7 +219,33 @@ class Inventory:
             for i, g in enumerate(bodies)
         ]
 
+    def split_roofs(self, roofs: list[BaseGeometry]) -> list[BaseGeometry]:
+        """``roofs`` cut along the building footprints where one covers several buildings."""
+        minimum = self.settings.split_min_m2
+        if self.buildings is None or minimum is None or not roofs:
+            return roofs
+        import geopandas as gpd
+
+        from ilots.core.vectors import read_layer
+        from ilots.products.roofsplit import split_roofs
+
+        crs, transform = self.mosaic.crs, self.mosaic.transform
+        frame = gpd.GeoDataFrame(geometry=roofs, crs=crs)
+        box = gpd.GeoSeries([shapely.box(*frame.total_bounds)], crs=crs)
+        layer = self.buildings
+        footprints = read_layer(layer.path, layer=layer.layer, what="building layer", bbox=box)
+        if not len(footprints):
+            return roofs
+        x, y = transform * (0, 0)
+        pixel = gpd.GeoDataFrame(geometry=[shapely.box(x, y + transform.e, x + transform.a, y)], crs=crs)
+        pixel_m2 = float(_metric(pixel).geometry.area.iloc[0])  # m² (a CRS in degrees: its UTM zone)
+        parts = split_roofs(
+            roofs, list(footprints.to_crs(crs).geometry), transform, math.ceil(minimum / pixel_m2)
+        )
+        return [part for part, _ in parts]
+
     def roofs(self, roofs: list[BaseGeometry], first_id: int) -> list[dict[str, Any]]:
+        roofs = self.split_roofs(roofs)
         records = []
         sampler = _Sampler(self.orthos) if self.orthos is not None else None
         for i, g in enumerate(roofs):
