@@ -9,8 +9,8 @@ so it runs with the system Python, not the project's environment; not a test, CI
         experiments/products/priority.gpkg:priority experiments/products/ilots.gpkg:roofs \
         experiments/products/ilots.gpkg:water experiments/products/ilots.gpkg:trees
 
-Layers are drawn in the order given, the last on top; the map extent is that of the last but one
-(``--extent-layer`` to choose another).
+Layers are drawn in the order given, the last on top; the map is in the CRS of the first and framed
+on it (``--extent-layer`` to choose another).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("layers", nargs="+", help="GPKG:LAYER, drawn bottom to top")
     parser.add_argument("--out", default="/tmp/shots/qgis.png")
     parser.add_argument("--size", default="1400x800", help="WIDTHxHEIGHT in pixels")
-    parser.add_argument("--extent-layer", type=int, default=None, help="index of the layer framing the map")
+    parser.add_argument("--extent-layer", type=int, default=0, help="index of the layer framing the map")
     args = parser.parse_args()
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -52,8 +52,8 @@ def main() -> int:
         layers.append(layer)
     settings = QgsMapSettings()
     settings.setLayers(layers[::-1])  # QgsMapSettings draws its first layer on top
-    settings.setDestinationCrs(layers[0].crs())
-    frame = layers[args.extent_layer if args.extent_layer is not None else max(0, len(layers) - 2)]
+    frame = layers[args.extent_layer or 0]
+    settings.setDestinationCrs(frame.crs())
     extent = frame.extent()
     extent.scale(1.05)
     settings.setExtent(extent)
