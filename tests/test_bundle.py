@@ -52,7 +52,7 @@ def test_a_bundle_naming_code_to_run_is_refused_and_nothing_runs(tmp_path: Path,
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"format": "ilots-segmenter/99"}, "has format 'ilots-segmenter/99'"),
+        ({"format": "ilots-segmenter/99"}, "made by a newer ilots.*upgrade ilots"),
         ({"format": None}, "has format None"),
         ({"classes": "background,tree"}, "'classes' is missing or not a list"),
         ({"mean": [0.0, 0.0]}, "one entry per band"),
