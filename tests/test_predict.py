@@ -488,3 +488,114 @@ def test_cli_output_folder_under_a_file_is_one_sentence_before_any_work(
     assert main([*args, "--devices", "2"]) == 2
     err = capsys.readouterr().err
     assert f"{project / 'taken'} is a file; choose another --out" in err and "Traceback" not in err
+
+
+def test_nan_pixels_are_nodata_and_the_rest_of_their_window_predicts_normally(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 250, (4, 150, 170)).astype(np.float32)
+    image[1, 40:90, 60:110] = np.nan  # a 50 px hole in one band, no nodata declared
+    src = write_ortho(tmp_path / "in.tif", image)
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", PredictOptions(window=128, overlap=16))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        classes = out.read(1)
+    hole = np.zeros(classes.shape, dtype=bool)
+    hole[40:90, 60:110] = True
+    assert (classes[hole] == 255).all()
+    np.testing.assert_array_equal(classes[~hole], image[0][~hole].astype(np.uint8) % 4)
+
+
+def test_16_bit_orthophoto_holding_8_bit_values_predicts_as_the_8_bit_one(tmp_path: Path) -> None:
+    src8, image = ortho(tmp_path)
+    src16 = write_ortho(tmp_path / "in16.tif", image.astype(np.uint16))
+    for src in (src8, src16):
+        predict_raster(segmenter(PixelRule()), src, tmp_path / f"{src.stem}.out.tif", OPTIONS)
+    with rasterio.open(tmp_path / "in.out.tif") as a, rasterio.open(tmp_path / "in16.out.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_input_max_maps_true_16_bit_values_onto_the_model_scale(tmp_path: Path) -> None:
+    _, image = ortho(tmp_path)
+    src = write_ortho(tmp_path / "in16.tif", image.astype(np.uint16) * 257)  # 0..65535
+    with pytest.raises(IlotsError, match=r"in16\.tif is uint16 with values up to \d+, but the model"):
+        predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", OPTIONS)
+    options = PredictOptions(window=64, overlap=16, batch_size=4, input_max=65535)
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", options)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_array_equal(out.read(1), image[0] % 4)
+
+
+def test_a_model_records_its_training_scale_and_refuses_values_above_it(tmp_path: Path) -> None:
+    stats = {"mean": [900.0] * 4, "std": [300.0] * 4, "dtype": "uint16", "max": 4000.0}
+    meta = make_meta({}, CLASSES, [f"b{i}" for i in range(4)], stats, 64)
+    assert meta["input"] == {"dtype": "uint16", "max": 4000.0}
+    twelve_bit = Segmenter(PixelRule(), meta)
+    rng = np.random.default_rng(4)
+    fits = write_ortho(tmp_path / "fits.tif", rng.integers(0, 4095, (4, 80, 90), dtype=np.uint16))
+    predict_raster(twelve_bit, fits, tmp_path / "fits.out.tif", OPTIONS)
+    too_bright = write_ortho(tmp_path / "bright.tif", rng.integers(0, 60000, (4, 80, 90), dtype=np.uint16))
+    with pytest.raises(IlotsError, match=r"trained on uint16 up to 4000 \(0\.\.4095\)"):
+        predict_raster(twelve_bit, too_bright, tmp_path / "bright.out.tif", OPTIONS)
+    eight_bit = write_ortho(tmp_path / "dark.tif", rng.integers(0, 255, (4, 80, 90), dtype=np.uint8))
+    with pytest.raises(IlotsError, match=r"dark\.tif is uint8 with values up to \d+, far below"):
+        predict_raster(twelve_bit, eight_bit, tmp_path / "dark.out.tif", OPTIONS)
+    assert not (tmp_path / "bright.out.tif").exists() and not (tmp_path / "dark.out.tif").exists()
+
+
+def test_values_above_the_scale_past_the_sampled_windows_are_refused_midway(tmp_path: Path) -> None:
+    image = np.full((4, 600, 600), 100, dtype=np.uint16)
+    image[:, 300, 20] = 3000  # one bright pixel between the windows the up-front check samples
+    src = write_ortho(tmp_path / "in.tif", image)
+    (tmp_path / "out.tif").write_bytes(b"previous result")
+    with pytest.raises(IlotsError, match=r"in\.tif is uint16 with values up to 3000"):
+        predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", OPTIONS)
+    assert (tmp_path / "out.tif").read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+
+
+def test_an_all_nodata_orthophoto_gives_an_all_nodata_prediction_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = write_ortho(tmp_path / "in.tif", np.zeros((4, 70, 80), np.uint8), nodata=0)
+    counts = predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", OPTIONS)
+    assert counts == {"nodata": 70 * 80}
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert (out.read(1) == 255).all()
+    assert "holds no valid pixel" in caplog.text
+
+
+def test_a_one_pixel_orthophoto_is_predicted(tmp_path: Path) -> None:
+    src = write_ortho(tmp_path / "in.tif", np.full((4, 1, 1), 3, np.uint8))
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", OPTIONS)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.shape == (1, 1) and out.read(1)[0, 0] == 3
+
+
+def test_size_is_logged_up_front_then_time_remaining_periodically(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ilots.inference.progress import Progress
+
+    monkeypatch.setattr(Progress, "FIRST_S", 0.0)
+    monkeypatch.setattr(Progress, "EVERY_S", 0.0)
+    src, _ = ortho(tmp_path, height=300, width=400)
+    caplog.set_level("INFO", "ilots")
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", PredictOptions(64, 16, batch_size=2))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "in.tif: 400 x 300 px (0.0048 km² at 0.20 m), 48 windows of 64 x 64 px in 24 batches"
+    estimates = [line for line in lines if "remaining" in line]
+    assert len(estimates) == 23 and estimates[0].startswith("in.tif: 4 % (1 of 24 batches) in 0:00:0")
+
+
+def test_time_remaining_is_not_a_flood() -> None:
+    from ilots.inference.progress import Progress
+
+    now = [0.0]
+    progress = Progress("a.tif", 1000, clock=lambda: now[0])
+    logged = []
+    for n in range(1, 1000):
+        now[0] = n * 0.5  # 2 batches a second: 500 s in all
+        due = progress.next_at
+        progress.done(n)
+        if progress.next_at != due:
+            logged.append(n)
+    assert logged == [20, 140, 260, 380, 500, 620, 740, 860, 980]  # after 10 s, then once a minute
