@@ -599,3 +599,176 @@ def test_time_remaining_is_not_a_flood() -> None:
         if progress.next_at != due:
             logged.append(n)
     assert logged == [20, 140, 260, 380, 500, 620, 740, 860, 980]  # after 10 s, then once a minute
+
+
+TWO_RUNS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from ilots.inference.runner import predict_orthos
+from test_predict import OPTIONS, PixelRule, segmenter
+net = PixelRule()
+net.delay = 0.2
+print(predict_orthos(segmenter(net), [Path(p) for p in {orthos!r}], Path({out!r}), OPTIONS))
+"""
+
+
+def test_two_runs_into_one_folder_take_turns_and_both_succeed(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    script = TWO_RUNS.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "shared")
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [run.communicate(timeout=120) for run in runs]
+    for run, (_, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err[-3000:]
+    skipped = sum(out.count("'skipped': True") for out, _ in results)
+    predicted = sum(out.count("'pixels'") for out, _ in results)
+    assert (skipped, predicted) == (2, 2)  # each output predicted once, found complete by the other run
+    predict_orthos(segmenter(PixelRule()), orthos, tmp_path / "alone", OPTIONS)
+    names = ["a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == names  # no temporary, no lock left
+    for name in names:
+        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def test_clean_up_removes_the_temporaries_of_dead_processes_only(tmp_path: Path) -> None:
+    from ilots.inference.locks import remove_stale_parts
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    try:
+        dest = tmp_path / "a.tif"
+        live_part = tmp_path / f".a.tif.{alive.pid}-k3j2h1.part.raw.tif"
+        dead_part = tmp_path / f".a.tif.{gone.stdout.strip()}-x9y8z7.part"
+        old_part = tmp_path / ".a.tif.q1w2e3.part"  # named before the pid was recorded
+        other = tmp_path / f".b.tif.{gone.stdout.strip()}-x9y8z7.part"
+        for part in (live_part, dead_part, old_part, other):
+            part.write_bytes(b"partial")
+        assert sorted(remove_stale_parts(dest)) == sorted([dead_part, old_part])
+        assert live_part.exists() and other.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_full_disk_is_one_sentence_naming_the_output_and_keeps_the_previous_one(
+    project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blending frontier written to /dev/full: a real ENOSPC from the kernel, mid-prediction."""
+    import ilots.inference.runner
+    from ilots.inference.blending import Frontier
+    from ilots.pipeline.cli import main
+
+    src, _ = ortho(project)
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(src), "--model", str(model), "--out", "preds", "--window", "64", "--overlap", "16"]
+    assert main(args) == 0
+    previous = (project / "preds" / "in.tif").read_bytes()
+
+    class FullDisk(Frontier):
+        def __init__(self, folder: Path) -> None:
+            super().__init__(folder)
+            self._files = [open("/dev/full", "w+b") for _ in range(2)]
+
+    monkeypatch.setattr(ilots.inference.runner, "Frontier", FullDisk)
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: output {Path('preds') / 'in.tif'} was not written: the disk is full" in err
+    assert (project / "preds" / "in.tif").read_bytes() == previous
+    assert sorted(p.name for p in (project / "preds").iterdir()) == [
+        "in.tif",
+        "in.tif.aux.xml",
+        "summary.json",
+    ]
+
+
+FILE_SIZE_LIMIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from ilots.pipeline.cli import main
+sys.exit(main({args!r}))
+"""
+
+
+def test_a_file_size_limit_is_one_sentence_and_keeps_the_previous_output(project: Path) -> None:
+    """``ulimit -f`` in a real process: ilots ignores SIGXFSZ, so the write fails with EFBIG."""
+    from ilots.pipeline.cli import main
+
+    rng = np.random.default_rng(12)
+    src = write_ortho(project / "in.tif", rng.integers(0, 250, (4, 700, 700), dtype=np.uint8))
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(src), "--model", str(model), "--out", "preds", "--window", "256"]
+    assert main(args) == 0
+    previous = (project / "preds" / "in.tif").read_bytes()
+    assert len(previous) > 20_000
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT.format(args=[*args, "--overwrite"])],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    errors = [line for line in done.stderr.splitlines() if ": error:" in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "preds/in.tif was not written" in errors[0] and "file size limit" in errors[0]
+    assert (project / "preds" / "in.tif").read_bytes() == previous
+    assert sorted(p.name for p in (project / "preds").iterdir()) == [
+        "in.tif",
+        "in.tif.aux.xml",
+        "summary.json",
+    ]
+
+
+class Crashing(nn.Module):
+    """A 'network' that kills its own process (as a segfault would) in worker 1 of a group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return PixelRule()(x)
+
+
+CRASHING_WORKER = FAILING_WORKERS.replace("segmenter(PixelRule())", "segmenter(Crashing())").replace(
+    "PixelRule, segmenter", "Crashing, segmenter"
+)
+
+
+@pytest.mark.slow  # two spawned workers: ~20 s
+def test_a_worker_dying_abruptly_ends_the_run_with_a_sentence_not_a_hang(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    script = CRASHING_WORKER.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "out")
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "ERROR: prediction worker 1 of 2 died" in done.stdout, done.stderr[-2000:]
+    assert "SIGSEGV" in done.stdout
+
+
+def test_os_errors_a_user_causes_are_sentences_naming_the_file_and_others_are_not() -> None:
+    from ilots.core.errors import describe_os_error
+
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "wb") as out:
+            out.write(b"x")
+    full.value.filename = "/dev/full"
+    assert describe_os_error(full.value) == (
+        "/dev/full: the disk is full (No space left on device); free some space or choose an output "
+        "folder on another disk."
+    )
+    import errno
+
+    efbig = OSError(errno.EFBIG, os.strerror(errno.EFBIG), "out/a.tif")
+    assert "out/a.tif: the file size limit was reached" in str(describe_os_error(efbig))
+    assert describe_os_error(OSError(errno.ECONNREFUSED, "refused")) is None  # not a write fault: a traceback
+    assert describe_os_error(ValueError("a bug")) is None
