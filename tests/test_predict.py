@@ -772,3 +772,13 @@ def test_os_errors_a_user_causes_are_sentences_naming_the_file_and_others_are_no
     assert "out/a.tif: the file size limit was reached" in str(describe_os_error(efbig))
     assert describe_os_error(OSError(errno.ECONNREFUSED, "refused")) is None  # not a write fault: a traceback
     assert describe_os_error(ValueError("a bug")) is None
+
+
+def test_input_max_on_a_model_of_unknown_scale_is_refused_not_ignored(tmp_path: Path) -> None:
+    src, _ = ortho(tmp_path)
+    older = Segmenter(
+        PixelRule(), {**segmenter(PixelRule()).meta, "mean": [2000.0] * 4}
+    )  # 16-bit, unrecorded
+    with pytest.raises(IlotsError, match=r"predict\.input_max=4095 cannot be applied"):
+        predict_raster(older, src, tmp_path / "out.tif", PredictOptions(64, 16, input_max=4095))
+    assert not (tmp_path / "out.tif").exists()

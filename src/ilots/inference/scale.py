@@ -73,6 +73,12 @@ class InputScale:
             IlotsError: the orthophoto's values do not fit the model's scale.
         """
         scale, trained_on = model_scale(segmenter)
+        if scale is None and input_max is not None:
+            raise IlotsError(
+                f"predict.input_max={input_max:g} cannot be applied to {path}: the model records no "
+                "training scale to map it onto (a random-forest baseline, or a bundle of 16-bit imagery "
+                "older than that record); convert the orthophotos to the imagery it was trained on instead."
+            )
         ignore = tuple(float(v) for v in (src.nodata, fill) if v is not None)
         found = cls(path, src.dtypes[bands[0] - 1], scale, trained_on, input_max, ignore)
         found.check_sample(src, bands)
