@@ -76,7 +76,7 @@ def test_a_format_1_bundle_still_loads_and_is_taken_as_trained_on_8_bit_imagery(
     older = load_segmenter(str(bundle(tmp_path / "v1", format="ilots-segmenter/1")))
     assert input_scale(older.meta) == (
         255.0,
-        "8-bit imagery (assumed: the bundle predates the record of its training data)",
+        "8-bit imagery, as assumed for a bundle older than the record of its training data",
     )
     sixteen = bundle(tmp_path / "v1-16", format="ilots-segmenter/1", mean=[2000.0] * 4)
     assert input_scale(load_segmenter(str(sixteen)).meta)[0] is None  # unknown scale: inputs not checked

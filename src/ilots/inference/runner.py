@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -115,9 +116,9 @@ def check_orientation(src: DatasetReader, src_path: Path) -> None:
     trained on north-up tiles has seen, and products read rasters as north-up grids."""
     t = src.transform
     if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
+        how = f"rotated by {math.degrees(math.atan2(t.d, t.a)):.1f}°" if t.b or t.d else "flipped"
         raise IlotsError(
-            f"orthophoto {src_path} is not north-up (its geotransform is rotated or flipped: "
-            f"{tuple(t)[:6]}): "
+            f"orthophoto {src_path} is not north-up (its geotransform is {how}): "
             f"ilots predicts north-up rasters only; warp it first (gdalwarp -r cubic {src_path.name} "
             f"{src_path.stem}_northup.tif) and predict that."
         )
@@ -129,6 +130,7 @@ class _Unreadable(Exception):
 
 def _damaged(src_path: Path, exc: BaseException | None) -> IlotsError:
     detail = str(exc).splitlines()[0][:200] if exc is not None and str(exc) else "no detail"
+    detail = detail.replace(" See previous exception for details.", "")
     return IlotsError(
         f"orthophoto {src_path} cannot be read past its header ({type(exc).__name__}: {detail}): the "
         "file is damaged (a truncated copy or download?); copy it again."

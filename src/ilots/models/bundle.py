@@ -123,7 +123,7 @@ def input_scale(meta: Mapping[str, Any]) -> tuple[float | None, str]:
     if record.get("dtype") in ("uint8", "int8"):
         return EIGHT_BIT, f"{record['dtype']} imagery"
     if max(meta["mean"]) <= EIGHT_BIT:
-        return EIGHT_BIT, "8-bit imagery (assumed: the bundle predates the record of its training data)"
+        return EIGHT_BIT, "8-bit imagery, as assumed for a bundle older than the record of its training data"
     return None, "imagery of an unrecorded scale"
 
 
@@ -201,7 +201,9 @@ class Segmenter:
             state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, pickle.UnpicklingError | EOFError):
+                detail = "not a PyTorch weights file, or a damaged one"
             raise IlotsError(
                 f"model bundle {folder}: its weights ({WEIGHTS_FILE}) do not load into its network "
                 f"({detail}); re-download it."
