@@ -488,3 +488,297 @@ def test_cli_output_folder_under_a_file_is_one_sentence_before_any_work(
     assert main([*args, "--devices", "2"]) == 2
     err = capsys.readouterr().err
     assert f"{project / 'taken'} is a file; choose another --out" in err and "Traceback" not in err
+
+
+def test_nan_pixels_are_nodata_and_the_rest_of_their_window_predicts_normally(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 250, (4, 150, 170)).astype(np.float32)
+    image[1, 40:90, 60:110] = np.nan  # a 50 px hole in one band, no nodata declared
+    src = write_ortho(tmp_path / "in.tif", image)
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", PredictOptions(window=128, overlap=16))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        classes = out.read(1)
+    hole = np.zeros(classes.shape, dtype=bool)
+    hole[40:90, 60:110] = True
+    assert (classes[hole] == 255).all()
+    np.testing.assert_array_equal(classes[~hole], image[0][~hole].astype(np.uint8) % 4)
+
+
+def test_16_bit_orthophoto_holding_8_bit_values_predicts_as_the_8_bit_one(tmp_path: Path) -> None:
+    src8, image = ortho(tmp_path)
+    src16 = write_ortho(tmp_path / "in16.tif", image.astype(np.uint16))
+    for src in (src8, src16):
+        predict_raster(segmenter(PixelRule()), src, tmp_path / f"{src.stem}.out.tif", OPTIONS)
+    with rasterio.open(tmp_path / "in.out.tif") as a, rasterio.open(tmp_path / "in16.out.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_input_max_maps_true_16_bit_values_onto_the_model_scale(tmp_path: Path) -> None:
+    _, image = ortho(tmp_path)
+    src = write_ortho(tmp_path / "in16.tif", image.astype(np.uint16) * 257)  # 0..65535
+    with pytest.raises(IlotsError, match=r"in16\.tif is uint16 with values up to \d+, but the model"):
+        predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", OPTIONS)
+    options = PredictOptions(window=64, overlap=16, batch_size=4, input_max=65535)
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", options)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_array_equal(out.read(1), image[0] % 4)
+
+
+def test_a_model_records_its_training_scale_and_refuses_values_above_it(tmp_path: Path) -> None:
+    stats = {"mean": [900.0] * 4, "std": [300.0] * 4, "dtype": "uint16", "max": 4000.0}
+    meta = make_meta({}, CLASSES, [f"b{i}" for i in range(4)], stats, 64)
+    assert meta["input"] == {"dtype": "uint16", "max": 4000.0}
+    twelve_bit = Segmenter(PixelRule(), meta)
+    rng = np.random.default_rng(4)
+    fits = write_ortho(tmp_path / "fits.tif", rng.integers(0, 4095, (4, 80, 90), dtype=np.uint16))
+    predict_raster(twelve_bit, fits, tmp_path / "fits.out.tif", OPTIONS)
+    too_bright = write_ortho(tmp_path / "bright.tif", rng.integers(0, 60000, (4, 80, 90), dtype=np.uint16))
+    with pytest.raises(IlotsError, match=r"trained on uint16 up to 4000 \(0\.\.4095\)"):
+        predict_raster(twelve_bit, too_bright, tmp_path / "bright.out.tif", OPTIONS)
+    eight_bit = write_ortho(tmp_path / "dark.tif", rng.integers(0, 255, (4, 80, 90), dtype=np.uint8))
+    with pytest.raises(IlotsError, match=r"dark\.tif is uint8 with values up to \d+, far below"):
+        predict_raster(twelve_bit, eight_bit, tmp_path / "dark.out.tif", OPTIONS)
+    assert not (tmp_path / "bright.out.tif").exists() and not (tmp_path / "dark.out.tif").exists()
+
+
+def test_values_above_the_scale_past_the_sampled_windows_are_refused_midway(tmp_path: Path) -> None:
+    image = np.full((4, 600, 600), 100, dtype=np.uint16)
+    image[:, 300, 20] = 3000  # one bright pixel between the windows the up-front check samples
+    src = write_ortho(tmp_path / "in.tif", image)
+    (tmp_path / "out.tif").write_bytes(b"previous result")
+    with pytest.raises(IlotsError, match=r"in\.tif is uint16 with values up to 3000"):
+        predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", OPTIONS)
+    assert (tmp_path / "out.tif").read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+
+
+def test_an_all_nodata_orthophoto_gives_an_all_nodata_prediction_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = write_ortho(tmp_path / "in.tif", np.zeros((4, 70, 80), np.uint8), nodata=0)
+    counts = predict_raster(segmenter(Constant()), src, tmp_path / "out.tif", OPTIONS)
+    assert counts == {"nodata": 70 * 80}
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert (out.read(1) == 255).all()
+    assert "holds no valid pixel" in caplog.text
+
+
+def test_a_one_pixel_orthophoto_is_predicted(tmp_path: Path) -> None:
+    src = write_ortho(tmp_path / "in.tif", np.full((4, 1, 1), 3, np.uint8))
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", OPTIONS)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.shape == (1, 1) and out.read(1)[0, 0] == 3
+
+
+def test_size_is_logged_up_front_then_time_remaining_periodically(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ilots.inference.progress import Progress
+
+    monkeypatch.setattr(Progress, "FIRST_S", 0.0)
+    monkeypatch.setattr(Progress, "EVERY_S", 0.0)
+    src, _ = ortho(tmp_path, height=300, width=400)
+    caplog.set_level("INFO", "ilots")
+    predict_raster(segmenter(PixelRule()), src, tmp_path / "out.tif", PredictOptions(64, 16, batch_size=2))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "in.tif: 400 x 300 px (0.0048 km² at 0.20 m), 48 windows of 64 x 64 px in 24 batches"
+    estimates = [line for line in lines if "remaining" in line]
+    assert len(estimates) == 23 and estimates[0].startswith("in.tif: 4 % (1 of 24 batches) in 0:00:0")
+
+
+def test_time_remaining_is_not_a_flood() -> None:
+    from ilots.inference.progress import Progress
+
+    now = [0.0]
+    progress = Progress("a.tif", 1000, clock=lambda: now[0])
+    logged = []
+    for n in range(1, 1000):
+        now[0] = n * 0.5  # 2 batches a second: 500 s in all
+        due = progress.next_at
+        progress.done(n)
+        if progress.next_at != due:
+            logged.append(n)
+    assert logged == [20, 140, 260, 380, 500, 620, 740, 860, 980]  # after 10 s, then once a minute
+
+
+TWO_RUNS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from ilots.inference.runner import predict_orthos
+from test_predict import OPTIONS, PixelRule, segmenter
+net = PixelRule()
+net.delay = 0.2
+print(predict_orthos(segmenter(net), [Path(p) for p in {orthos!r}], Path({out!r}), OPTIONS))
+"""
+
+
+def test_two_runs_into_one_folder_take_turns_and_both_succeed(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    script = TWO_RUNS.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "shared")
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [run.communicate(timeout=120) for run in runs]
+    for run, (_, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err[-3000:]
+    skipped = sum(out.count("'skipped': True") for out, _ in results)
+    predicted = sum(out.count("'pixels'") for out, _ in results)
+    assert (skipped, predicted) == (2, 2)  # each output predicted once, found complete by the other run
+    predict_orthos(segmenter(PixelRule()), orthos, tmp_path / "alone", OPTIONS)
+    names = ["a.tif", "a.tif.aux.xml", "b.tif", "b.tif.aux.xml"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == names  # no temporary, no lock left
+    for name in names:
+        assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def test_clean_up_removes_the_temporaries_of_dead_processes_only(tmp_path: Path) -> None:
+    from ilots.inference.locks import remove_stale_parts
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    try:
+        dest = tmp_path / "a.tif"
+        live_part = tmp_path / f".a.tif.{alive.pid}-k3j2h1.part.raw.tif"
+        dead_part = tmp_path / f".a.tif.{gone.stdout.strip()}-x9y8z7.part"
+        old_part = tmp_path / ".a.tif.q1w2e3.part"  # named before the pid was recorded
+        other = tmp_path / f".b.tif.{gone.stdout.strip()}-x9y8z7.part"
+        for part in (live_part, dead_part, old_part, other):
+            part.write_bytes(b"partial")
+        assert sorted(remove_stale_parts(dest)) == sorted([dead_part, old_part])
+        assert live_part.exists() and other.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_full_disk_is_one_sentence_naming_the_output_and_keeps_the_previous_one(
+    project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blending frontier written to /dev/full: a real ENOSPC from the kernel, mid-prediction."""
+    import ilots.inference.runner
+    from ilots.inference.blending import Frontier
+    from ilots.pipeline.cli import main
+
+    src, _ = ortho(project)
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(src), "--model", str(model), "--out", "preds", "--window", "64", "--overlap", "16"]
+    assert main(args) == 0
+    previous = (project / "preds" / "in.tif").read_bytes()
+
+    class FullDisk(Frontier):
+        def __init__(self, folder: Path) -> None:
+            super().__init__(folder)
+            self._files = [open("/dev/full", "w+b") for _ in range(2)]
+
+    monkeypatch.setattr(ilots.inference.runner, "Frontier", FullDisk)
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: output {Path('preds') / 'in.tif'} was not written: the disk is full" in err
+    assert (project / "preds" / "in.tif").read_bytes() == previous
+    assert sorted(p.name for p in (project / "preds").iterdir()) == [
+        "in.tif",
+        "in.tif.aux.xml",
+        "summary.json",
+    ]
+
+
+FILE_SIZE_LIMIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from ilots.pipeline.cli import main
+sys.exit(main({args!r}))
+"""
+
+
+def test_a_file_size_limit_is_one_sentence_and_keeps_the_previous_output(project: Path) -> None:
+    """``ulimit -f`` in a real process: ilots ignores SIGXFSZ, so the write fails with EFBIG."""
+    from ilots.pipeline.cli import main
+
+    rng = np.random.default_rng(12)
+    src = write_ortho(project / "in.tif", rng.integers(0, 250, (4, 700, 700), dtype=np.uint8))
+    model = save_bundle(project / "model", 4)
+    args = ["predict", str(src), "--model", str(model), "--out", "preds", "--window", "256"]
+    assert main(args) == 0
+    previous = (project / "preds" / "in.tif").read_bytes()
+    assert len(previous) > 20_000
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT.format(args=[*args, "--overwrite"])],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    errors = [line for line in done.stderr.splitlines() if ": error:" in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "preds/in.tif was not written" in errors[0] and "file size limit" in errors[0]
+    assert (project / "preds" / "in.tif").read_bytes() == previous
+    assert sorted(p.name for p in (project / "preds").iterdir()) == [
+        "in.tif",
+        "in.tif.aux.xml",
+        "summary.json",
+    ]
+
+
+class Crashing(nn.Module):
+    """A 'network' that kills its own process (as a segfault would) in worker 1 of a group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return PixelRule()(x)
+
+
+CRASHING_WORKER = FAILING_WORKERS.replace("segmenter(PixelRule())", "segmenter(Crashing())").replace(
+    "PixelRule, segmenter", "Crashing, segmenter"
+)
+
+
+@pytest.mark.slow  # two spawned workers: ~20 s
+def test_a_worker_dying_abruptly_ends_the_run_with_a_sentence_not_a_hang(tmp_path: Path) -> None:
+    orthos = two_orthos(tmp_path)
+    script = CRASHING_WORKER.format(
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "out")
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "ERROR: prediction worker 1 of 2 died" in done.stdout, done.stderr[-2000:]
+    assert "SIGSEGV" in done.stdout
+
+
+def test_os_errors_a_user_causes_are_sentences_naming_the_file_and_others_are_not() -> None:
+    from ilots.core.errors import describe_os_error
+
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "wb") as out:
+            out.write(b"x")
+    full.value.filename = "/dev/full"
+    assert describe_os_error(full.value) == (
+        "/dev/full: the disk is full (No space left on device); free some space or choose an output "
+        "folder on another disk."
+    )
+    import errno
+
+    efbig = OSError(errno.EFBIG, os.strerror(errno.EFBIG), "out/a.tif")
+    assert "out/a.tif: the file size limit was reached" in str(describe_os_error(efbig))
+    assert describe_os_error(OSError(errno.ECONNREFUSED, "refused")) is None  # not a write fault: a traceback
+    assert describe_os_error(ValueError("a bug")) is None
+
+
+def test_input_max_on_a_model_of_unknown_scale_is_refused_not_ignored(tmp_path: Path) -> None:
+    src, _ = ortho(tmp_path)
+    older = Segmenter(
+        PixelRule(), {**segmenter(PixelRule()).meta, "mean": [2000.0] * 4}
+    )  # 16-bit, unrecorded
+    with pytest.raises(IlotsError, match=r"predict\.input_max=4095 cannot be applied"):
+        predict_raster(older, src, tmp_path / "out.tif", PredictOptions(64, 16, input_max=4095))
+    assert not (tmp_path / "out.tif").exists()

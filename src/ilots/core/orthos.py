@@ -51,9 +51,29 @@ def input_rasters(items: Iterable[Path]) -> list[Path]:
         elif item.is_file():
             paths.append(item)
         else:
-            raise IlotsError(f"input {item} does not exist.")
+            raise IlotsError(missing_input(item))
     check_unique_stems(paths)
     return paths
+
+
+def missing_input(item: Path) -> str:
+    """Why ``item``, neither a file nor a folder, cannot be read: a symbolic link loop, a link to
+    nothing, or nothing at all."""
+    import errno
+    import os
+
+    try:
+        os.stat(item)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (
+                f"input {item} is a symbolic link loop (it leads back to itself): point it at a raster "
+                "or remove it."
+            )
+    if item.is_symlink():
+        target = os.readlink(item)
+        return f"input {item} is a symbolic link to {target}, which does not exist: fix or remove the link."
+    return f"input {item} does not exist."
 
 
 def check_unique_stems(paths: Iterable[Path]) -> None:

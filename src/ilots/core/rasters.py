@@ -158,8 +158,9 @@ def valid_mask(
     """Boolean mask of the pixels that hold imagery in ``window`` (the whole raster when None).
 
     A pixel is invalid where the ``alpha`` band is transparent, where every data band holds the
-    nodata value, where the raster's mask (internal or ``.msk``) excludes it, or where it has the
-    ``fill`` colour. With ``bands`` None, the data bands and alpha band are :func:`data_bands`'s.
+    nodata value, where the raster's mask (internal or ``.msk``) excludes it, where it has the
+    ``fill`` colour, or where any band of a floating-point raster is NaN or infinite. With ``bands``
+    None, the data bands and alpha band are :func:`data_bands`'s.
     """
     window = window or Window(0, 0, src.width, src.height)
     if bands is None:
@@ -179,6 +180,9 @@ def valid_mask(
         for band in bands:
             found &= fill.matches(src.read(band, window=window))
         valid &= ~found
+    if np.dtype(src.dtypes[bands[0] - 1]).kind == "f":  # NaN or infinity in any band: no imagery
+        for band in bands:
+            valid &= np.isfinite(src.read(band, window=window))
     return valid
 
 

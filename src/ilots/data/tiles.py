@@ -238,6 +238,7 @@ def cut_tiles(
     orthos = list_orthos(orthos_dir)
     named_areas = SplitAreas.from_setting(areas, orthos)
     masks, bands, band_names, grids = {}, None, None, {}
+    dtype: str | None = None
     for path in orthos:
         with open_georaster(path) as ortho:
             mask_path = masks_dir / f"{path.stem}.tif"
@@ -251,6 +252,7 @@ def cut_tiles(
                 )
             bands = len(data)
             band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in data]
+            dtype = ortho.dtypes[data[0] - 1]  # recorded in the model bundle: the scale it expects
             grids[path] = (ortho.crs, ortho.transform)
         masks[path] = mask
     named_areas.check_annotated(masks, grids)
@@ -266,7 +268,7 @@ def cut_tiles(
                     "annotate more tiles, or lower tiles.size / tiles.min_annotated."
                 )
         stats = band_stats(tmp, [c for c in chips if c["split"] == "train"], bands or 0)
-        write_json(tmp / "stats.json", {"band_names": band_names, **stats})
+        write_json(tmp / "stats.json", {"band_names": band_names, "dtype": dtype, **stats})
         write_json(
             tmp / "index.json",
             {
@@ -357,17 +359,24 @@ def read_chip(
     return image, labels
 
 
-def band_stats(out: Path, chips: Sequence[Mapping[str, object]], bands: int) -> dict[str, list[float]]:
-    """Per-band mean and standard deviation over the given chips (float64 running sums)."""
+def band_stats(out: Path, chips: Sequence[Mapping[str, object]], bands: int) -> dict[str, Any]:
+    """Per-band mean and standard deviation over the given chips (float64 running sums), and the
+    brightest value of any band (``max``: the value scale the model is trained on)."""
     total = np.zeros(bands)
     total_sq = np.zeros(bands)
-    count = 0
+    count, top = 0, 0.0
     for chip in chips:
         with rasterio.open(out / str(chip["split"]) / f"{chip['id']}.image.tif") as src:
             pixels = src.read().reshape(bands, -1).astype(np.float64)
+        pixels = pixels[:, np.isfinite(pixels).all(axis=0)]
         total += pixels.sum(axis=1)
         total_sq += (pixels**2).sum(axis=1)
         count += pixels.shape[1]
+        top = max(top, float(pixels.max(initial=0.0)))
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 1e-12))
-    return {"mean": [round(float(m), 4) for m in mean], "std": [round(float(s), 4) for s in std]}
+    return {
+        "mean": [round(float(m), 4) for m in mean],
+        "std": [round(float(s), 4) for s in std],
+        "max": top,
+    }

@@ -21,6 +21,11 @@ def resolve_device(device: str, rank: int = 0) -> str:
             raise IlotsError(f"predict.device={device} but torch sees no GPU here: use --device cpu.")
         if device == "cuda":
             device = f"cuda:{rank % torch.cuda.device_count()}"
+        elif int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise IlotsError(
+                f"predict.device={device} but torch sees {torch.cuda.device_count()} GPU(s) here "
+                "(cuda:0 is the first): choose one of them, or cuda."
+            )
     return device
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ class PredictOptions:
     overwrite: bool = False
     fill: float | str | None = None  # imagery.fill: a pixel value, "auto" or None
     fill_tolerance: float = 0.0
+    input_max: float | None = None  # the input value mapped onto the top of the model's scale
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.batch_size < 1 or self.devices < 1:
@@ -40,9 +42,20 @@ class PredictOptions:
             raise IlotsError(
                 f"predict.overlap={self.overlap} must lie in [0, predict.window={self.window}): lower it."
             )
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            raise IlotsError(
+                f"predict.device={self.device!r} is not a device ilots knows: use auto, cpu, cuda or cuda:N."
+            )
         if self.precision not in PRECISIONS:
             raise IlotsError(f"predict.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}.")
         self.fill_colour()  # checks the fill settings
+        if self.input_max is not None and not (
+            isinstance(self.input_max, int | float) and self.input_max > 0
+        ):
+            raise IlotsError(
+                f"predict.input_max={self.input_max!r} must be a positive number: the orthophotos' value "
+                "mapped onto the top of the model's scale (4095 for 12-bit imagery), or null."
+            )
 
     def fill_colour(self) -> Fill | None:
         """The orthophotos' fill colour (``imagery.fill``), to be resolved on each input."""
@@ -71,4 +84,6 @@ class PredictOptions:
             "probabilities": self.probabilities,
             "fill": self.fill,
             "fill_tolerance": self.fill_tolerance,
+            # only when set: the outputs of earlier versions keep their signature
+            **({"input_max": self.input_max} if self.input_max is not None else {}),
         }

@@ -1,6 +1,7 @@
 """Resuming prediction: each output records a signature of the model weights, the options that
 change the result and the input file; a rerun skips an input whose outputs carry the same
-signature (``--overwrite`` redoes it), and removes what a killed run left half-written."""
+signature (``--overwrite`` redoes it); what a killed run left half-written is removed under the
+output's lock (:mod:`ilots.inference.locks`)."""
 
 from __future__ import annotations
 
@@ -49,9 +50,3 @@ def output_paths(src_path: Path, out_dir: Path, probabilities: bool) -> list[Pat
     return [out_dir / f"{src_path.stem}.tif"] + (
         [out_dir / PROBABILITY_DIR / f"{src_path.stem}.tif"] if probabilities else []
     )
-
-
-def remove_stale_parts(dest: Path) -> None:
-    """Temporary files left beside ``dest`` by a killed run."""
-    for part in dest.parent.glob(f".{dest.name}.*.part*"):
-        part.unlink(missing_ok=True)

@@ -6,6 +6,11 @@ releases the GIL), a writer thread blends, masks and writes finished blocks (its
 each stage hands the next one a bounded number of batches. Blocks go to a tiled GeoTIFF under a
 temporary name, which is then copied to a COG with overviews (mode for classes, average for
 probabilities) and renamed into place: a killed run leaves no output half-written.
+
+Before any work, an orthophoto is refused in one sentence when its bands, its orientation (rotated
+or not north-up) or its values (:mod:`ilots.inference.scale`) do not fit the model; a failed write
+(disk full, ``ulimit -f``, read-only folder) is one sentence naming the output (:mod:`ilots.core.faults`),
+and a read failure midway (a damaged file) one naming the orthophoto.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,18 +28,24 @@ from typing import Any
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
 from ilots.core.classes import NODATA, ClassMap
 from ilots.core.errors import IlotsError
+from ilots.core.faults import write_failure
 from ilots.core.files import atomic_path
 from ilots.core.orthos import check_unique_stems
 from ilots.core.rasters import data_bands, open_georaster, write_cog
 from ilots.inference.blending import Frontier
 from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
+from ilots.inference.locks import output_lock, remove_stale_parts
 from ilots.inference.options import PredictOptions
-from ilots.inference.resume import is_complete, output_paths, remove_stale_parts, signature
+from ilots.inference.progress import Progress, size_line
+from ilots.inference.resume import is_complete, output_paths, signature
+from ilots.inference.scale import InputScale
 from ilots.inference.writer import BlockWriter, output_profile
 from ilots.models.family import SegmentationModel
 
@@ -51,7 +63,12 @@ class _Pipeline:
     ) -> None:
         self.read, self.write = read, write
 
-    def run(self, batches: Sequence[Any], infer: Callable[[NDArray[Any]], NDArray[Any]]) -> None:
+    def run(
+        self,
+        batches: Sequence[Any],
+        infer: Callable[[NDArray[Any]], NDArray[Any]],
+        done: Callable[[int], None] = lambda n: None,
+    ) -> None:
         with ThreadPoolExecutor(1, "ilots-read") as reader, ThreadPoolExecutor(1, "ilots-write") as writer:
             reads: queue.SimpleQueue[Future[NDArray[Any]]] = queue.SimpleQueue()
             for keys in batches[:PREFETCH]:
@@ -67,6 +84,7 @@ class _Pipeline:
                     if pending is not None:
                         pending.result()
                     pending = writer.submit(self.write, keys, probs)
+                    done(n + 1)
                 if pending is not None:
                     pending.result()
             finally:
@@ -86,10 +104,37 @@ def check_bands(
     bands, alpha = data_bands(src, segmenter.in_channels)
     if len(bands) != segmenter.in_channels:
         raise IlotsError(
-            f"orthophoto {src_path} has {len(bands)} bands but the model expects {segmenter.in_channels} "
+            f"orthophoto {src_path} has {len(bands)} band{'s' * (len(bands) != 1)} but the model expects "
+            f"{segmenter.in_channels} "
             f"({', '.join(segmenter.band_names)}): use orthophotos with the bands it was trained on."
         )
     return bands, alpha
+
+
+def check_orientation(src: DatasetReader, src_path: Path) -> None:
+    """Refuse a rotated (or not north-up) orthophoto: its windows would not be the imagery a model
+    trained on north-up tiles has seen, and products read rasters as north-up grids."""
+    t = src.transform
+    if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
+        how = f"rotated by {math.degrees(math.atan2(t.d, t.a)):.1f}°" if t.b or t.d else "flipped"
+        raise IlotsError(
+            f"orthophoto {src_path} is not north-up (its geotransform is {how}): "
+            f"ilots predicts north-up rasters only; warp it first (gdalwarp -r cubic {src_path.name} "
+            f"{src_path.stem}_northup.tif) and predict that."
+        )
+
+
+class _Unreadable(Exception):
+    """A window of the orthophoto could not be read (not a write failure)."""
+
+
+def _damaged(src_path: Path, exc: BaseException | None) -> IlotsError:
+    detail = str(exc).splitlines()[0][:200] if exc is not None and str(exc) else "no detail"
+    detail = detail.replace(" See previous exception for details.", "")
+    return IlotsError(
+        f"orthophoto {src_path} cannot be read past its header ({type(exc).__name__}: {detail}): the "
+        "file is damaged (a truncated copy or download?); copy it again."
+    )
 
 
 def predict_raster(
@@ -102,19 +147,66 @@ def predict_raster(
     tags: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Predict one orthophoto into a class COG on the same grid (and, with ``probabilities``, a
-    per-class probability COG there); return pixel counts per class."""
+    per-class probability COG there); return pixel counts per class.
+
+    Raises:
+        IlotsError: the orthophoto does not fit the model, cannot be read, or an output cannot be
+            written (then no output is left half-written and earlier ones are kept).
+    """
     options = options or PredictOptions()
     class_map = ClassMap(tuple(segmenter.classes))
+    for path in (dest, probabilities):
+        if path is not None and path.is_dir():
+            raise IlotsError(
+                f"output {path} is a folder: move it away or choose another --out (it is never replaced)."
+            )
     with open_georaster(src_path) as src:
-        bands, alpha = check_bands(src, src_path, segmenter)
-        fill = options.fill_colour()
-        fill = fill.resolve(src, bands) if fill else None
+        try:
+            bands, alpha = check_bands(src, src_path, segmenter)
+            check_orientation(src, src_path)
+            fill = options.fill_colour()
+            fill = fill.resolve(src, bands) if fill else None
+            scale = InputScale.of(
+                src, src_path, bands, segmenter, options.input_max, fill.value if fill else None
+            )
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise _damaged(src_path, exc) from exc
         grid = WindowGrid(src.height, src.width, options.window, options.overlap)
-        class_profile = output_profile(src, 1, NODATA)
-        proba_profile = output_profile(src, len(class_map), None)
-    keys = grid.keys()
-    size = options.batch_size
-    batches = [keys[n : n + size] for n in range(0, len(keys), size)]
+        keys = grid.keys()
+        size = options.batch_size
+        batches = [keys[n : n + size] for n in range(0, len(keys), size)]
+        log.info("%s", size_line(src_path.name, src, grid, len(batches)))
+    try:
+        writer = _predict_into(
+            segmenter, src_path, dest, options, probabilities, tags, bands, alpha, fill, scale, grid, batches
+        )
+    except _Unreadable as exc:
+        raise _damaged(src_path, exc.__cause__) from exc.__cause__
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        raise write_failure(dest, exc) from exc
+    names = {**dict(enumerate(class_map.names)), NODATA: "nodata"}
+    counts = {names[i]: int(writer.counts[i]) for i in names if writer.counts[i]}
+    if set(counts) <= {"nodata"}:
+        log.warning("%s holds no valid pixel (all nodata): its prediction is all nodata", src_path.name)
+    return counts
+
+
+def _predict_into(
+    segmenter: SegmentationModel,
+    src_path: Path,
+    dest: Path,
+    options: PredictOptions,
+    probabilities: Path | None,
+    tags: dict[str, str] | None,
+    bands: list[int],
+    alpha: int | None,
+    fill: Any,
+    scale: InputScale,
+    grid: WindowGrid,
+    batches: list[list[tuple[int, int]]],
+) -> BlockWriter:
+    """The streamed prediction of :func:`predict_raster`, written atomically; its block writer."""
+    class_map = ClassMap(tuple(segmenter.classes))
     all_tags = {"CLASSES": class_map.tag(), "NODATA_CLASS": str(NODATA), **(tags or {})}
     with contextlib.ExitStack() as stack:
         class_tmp = stack.enter_context(atomic_path(dest))
@@ -125,6 +217,9 @@ def predict_raster(
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True))
         reader = stack.enter_context(rasterio.open(src_path))
         source = stack.enter_context(rasterio.open(src_path))
+        with rasterio.open(src_path) as src:
+            class_profile = output_profile(src, 1, NODATA)
+            proba_profile = output_profile(src, len(class_map), None)
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
@@ -132,10 +227,17 @@ def predict_raster(
         writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill)
 
         def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
-            return np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
+            try:
+                batch = np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
+            except (RasterioError, CPLE_BaseError) as exc:
+                raise _Unreadable() from exc
+            return scale.prepare(batch)
 
+        progress = Progress(src_path.name, len(batches))
         _Pipeline(read, writer.add_batch).run(
-            batches, lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision)
+            batches,
+            lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision),
+            progress.done,
         )
         out.write_colormap(1, class_map.colour_table())
         out.set_band_description(1, "class")
@@ -150,8 +252,7 @@ def predict_raster(
         write_cog(raws[0], class_tmp, "MODE")
         with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
             aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
-    names = {**dict(enumerate(class_map.names)), NODATA: "nodata"}
-    return {names[i]: int(writer.counts[i]) for i in names if writer.counts[i]}
+    return writer
 
 
 def predict_one(
@@ -165,24 +266,25 @@ def predict_one(
     """Predict one input unless its outputs are already complete; its summary entry."""
     dests = output_paths(src_path, out_dir, options.probabilities)
     expected = signature(fp, options, src_path)
-    if not options.overwrite and is_complete(dests, expected):
-        log.info("%s: outputs complete, skipped (use --overwrite to redo)", src_path.name)
-        return {"skipped": True}
-    for dest in dests:
-        remove_stale_parts(dest)
-    log.info("%s: predicting into %s", src_path.name, dests[0])
-    counts = predict_raster(
-        segmenter,
-        src_path,
-        dests[0],
-        options,
-        probabilities=dests[1] if options.probabilities else None,
-        tags={
-            "ILOTS_SIGNATURE": expected,
-            "ILOTS_MODEL": model_uri,
-            "ILOTS_OPTIONS": json.dumps(options.result_options(), sort_keys=True),
-        },
-    )
+    with output_lock(dests[0]):  # another run writing the same output: wait for it, then skip
+        if not options.overwrite and is_complete(dests, expected):
+            log.info("%s: outputs complete, skipped (use --overwrite to redo)", src_path.name)
+            return {"skipped": True}
+        for dest in dests:
+            remove_stale_parts(dest)
+        log.info("%s: predicting into %s", src_path.name, dests[0])
+        counts = predict_raster(
+            segmenter,
+            src_path,
+            dests[0],
+            options,
+            probabilities=dests[1] if options.probabilities else None,
+            tags={
+                "ILOTS_SIGNATURE": expected,
+                "ILOTS_MODEL": model_uri,
+                "ILOTS_OPTIONS": json.dumps(options.result_options(), sort_keys=True),
+            },
+        )
     return {"pixels": counts}
 
 

@@ -6,12 +6,21 @@ A bundle is data, never code: its metadata JSON is checked against the schema of
 before anything is built, and its network is built only by one of :data:`NETWORKS` (the
 segmentation-models-pytorch architectures and a 1x1 convolution), with plain keyword values. A
 downloaded bundle naming anything else (``os.system``, a nested ``_target_``) is refused, not run.
+
+Formats: ``ilots-segmenter/1`` and ``/2`` are read; ``/2`` adds ``input``, what the training
+imagery was (``{"dtype": "uint8", "max": 255.0}``: the orthophotos' data type and the brightest
+value of the training chips), from which prediction knows the value scale the network expects
+(:func:`input_scale`). A bundle of a later format was made by a newer ilots: it is refused with a
+sentence saying to upgrade, never half-read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +37,32 @@ from ilots.models.nets import build_network
 
 META_FILE = "ilots-model.json"
 WEIGHTS_FILE = "weights.pt"
-FORMAT = "ilots-segmenter/1"
+FORMAT_NAME = "ilots-segmenter"
+FORMAT_VERSION = 2  # the format written; every version up to it is read
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+EIGHT_BIT = 255.0  # the value scale of 8-bit imagery
+
+
+def format_version(meta: Mapping[str, Any], where: str) -> int:
+    """The bundle format version of a metadata object.
+
+    Raises:
+        IlotsError: not an ilots bundle format, or one made by a newer ilots.
+    """
+    found = meta.get("format")
+    match = re.fullmatch(rf"{FORMAT_NAME}/(\d+)", found) if isinstance(found, str) else None
+    if match is None or int(match[1]) < 1:
+        raise IlotsError(
+            f"{where} has format {found!r}, which is not an ilots model bundle format ({FORMAT!r}): "
+            "give a folder written by `ilots train` (or an MLflow model URI)."
+        )
+    version = int(match[1])
+    if version > FORMAT_VERSION:
+        raise IlotsError(
+            f"{where} was made by a newer ilots (bundle format {found}; this ilots reads up to {FORMAT}): "
+            "upgrade ilots (`uv sync --upgrade-package ilots` or `pip install -U ilots`) to use it."
+        )
+    return version
 
 
 def check_meta(meta: Any, where: str) -> dict[str, Any]:
@@ -39,11 +73,7 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
     """
     if not isinstance(meta, dict):
         raise IlotsError(f"{where} is not an ilots model bundle (its metadata is not an object).")
-    if meta.get("format") != FORMAT:
-        raise IlotsError(
-            f"{where} has format {meta.get('format')!r}, not {FORMAT!r}: load it with the ilots version "
-            "that wrote it, or retrain it with this one."
-        )
+    format_version(meta, where)
     fields: dict[str, type | tuple[type, ...]] = {
         "classes": str,
         "band_names": str,
@@ -58,7 +88,43 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
         raise IlotsError(f"{where}: band_names, mean and std do not have one entry per band.")
     if not isinstance(meta.get("tile_size"), int) or not isinstance(meta.get("net"), dict):
         raise IlotsError(f"{where}: metadata fields 'tile_size' (an integer) and 'net' are required.")
+    record = meta.get("input")
+    if record is not None and not (
+        isinstance(record, dict)
+        and isinstance(record.get("dtype"), str | None)
+        and isinstance(record.get("max"), int | float | None)
+        and not isinstance(record.get("max"), bool)
+    ):
+        raise IlotsError(f"{where}: metadata field 'input' must be {{'dtype': name, 'max': number}}.")
     return meta
+
+
+def bit_depth_scale(value: float) -> float:
+    """The value scale that holds ``value``: 1.0 for reflectances up to 1, else the top of the
+    smallest bit depth that holds it (255 for 8 bit, 4095 for 12 bit, 65535 for 16 bit)."""
+    if value <= 1.0:
+        return 1.0
+    return float(2 ** math.ceil(math.log2(value + 1)) - 1)
+
+
+def input_scale(meta: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The value scale a network was trained on, and how it is known (for messages).
+
+    A bundle of format 2 records its training imagery: the scale is the bit depth of the brightest
+    training value (:func:`bit_depth_scale`). A bundle without that record (format 1) is taken as
+    trained on 8-bit imagery when its band means are within 0..255, else its scale is unknown (None:
+    inputs are not checked).
+    """
+    record = meta.get("input") or {}
+    if record.get("max") is not None:
+        return bit_depth_scale(
+            float(record["max"])
+        ), f"{record.get('dtype') or 'imagery'} up to {record['max']:g}"
+    if record.get("dtype") in ("uint8", "int8"):
+        return EIGHT_BIT, f"{record['dtype']} imagery"
+    if max(meta["mean"]) <= EIGHT_BIT:
+        return EIGHT_BIT, "8-bit imagery, as assumed for a bundle older than the record of its training data"
+    return None, "imagery of an unrecorded scale"
 
 
 class Segmenter:
@@ -134,9 +200,13 @@ class Segmenter:
         try:
             state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, pickle.UnpicklingError | EOFError):
+                detail = "not a PyTorch weights file, or a damaged one"
             raise IlotsError(
-                f"model bundle {folder}: its weights do not load into its network ({exc}); re-download it."
+                f"model bundle {folder}: its weights ({WEIGHTS_FILE}) do not load into its network "
+                f"({detail}); re-download it."
             ) from exc
         return cls(net, meta)
 
@@ -145,10 +215,13 @@ def make_meta(
     net_config: Mapping[str, Any],
     classes: Sequence[str],
     band_names: Sequence[str],
-    stats: Mapping[str, Sequence[float]],
+    stats: Mapping[str, Any],
     tile_size: int,
 ) -> dict[str, Any]:
-    """The metadata a bundle carries."""
+    """The metadata a bundle carries; ``stats`` (the tiles stage's ``stats.json``) gives the band
+    means and standard deviations, and, when it records them, the training imagery's ``dtype`` and
+    brightest value ``max``."""
+    recorded = {k: stats[k] for k in ("dtype", "max") if stats.get(k) is not None}
     return {
         "format": FORMAT,
         "net": dict(net_config),
@@ -158,4 +231,5 @@ def make_meta(
         "std": list(stats["std"]),
         "tile_size": int(tile_size),
         "nodata_class": NODATA,
+        **({"input": {"dtype": recorded.get("dtype"), "max": recorded.get("max")}} if recorded else {}),
     }

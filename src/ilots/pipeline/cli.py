@@ -7,14 +7,16 @@ composes ``conf/`` itself, and any number of Hydra-style overrides ``key=value``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ilots.core.errors import IlotsError
+from ilots.core.errors import IlotsError, describe_os_error
 from ilots.pipeline.commands import COMMANDS, GROUPS, Command
 
 # The modules that declare commands; importing them fills COMMANDS.
@@ -106,6 +108,9 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    if hasattr(signal, "SIGXFSZ"):  # past `ulimit -f`, a write fails (EFBIG, a sentence), not the process
+        with contextlib.suppress(ValueError):  # main() called outside the main thread
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cmd = COMMANDS[args.command_name]
     unexpected = split_inputs(args, cmd)
     if unexpected:
@@ -122,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ilots {cmd.name}: interrupted; outputs left as they were.", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, quota, ulimit -f, read-only: a sentence; any other: a bug
+        sentence = describe_os_error(exc)
+        if sentence is None:
+            raise
+        print(f"ilots {cmd.name}: error: {sentence}", file=sys.stderr)
+        return 2
     if summary is not None:
         print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -277,6 +277,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: predict.device or auto)")
     parser.add_argument("--devices", type=int, help="worker processes / GPUs sharing the inputs (default 1)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast (default: fp32)")
+    parser.add_argument(
+        "--input-max",
+        type=float,
+        help="the orthophotos' value mapped onto the top of the model's scale, e.g. 4095 for 12-bit "
+        "imagery on a model trained on 8-bit (default: predict.input_max, none: values must fit)",
+    )
     parser.add_argument("--tta", action="store_true", default=None, help="average over flips (4x slower)")
     parser.add_argument(
         "--probabilities", action="store_true", default=None, help="also write per-class probability COGs"
