@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -44,24 +45,34 @@ PREFETCH = 2  # batches read ahead of the forward pass
 
 
 class _Pipeline:
-    """Reader thread -> forward pass (calling thread) -> writer thread, each a bounded hand-over."""
+    """Reader threads -> forward pass (calling thread) -> writer thread, each a bounded hand-over.
+
+    ``readers`` threads read batches ahead (each with its own dataset handle: GDAL decodes in
+    parallel without the GIL); batches reach the forward pass in order."""
 
     def __init__(
-        self, read: Callable[[Any], NDArray[Any]], write: Callable[[Any, NDArray[Any]], None]
+        self,
+        read: Callable[[Any], NDArray[Any]],
+        write: Callable[[Any, NDArray[Any]], None],
+        readers: int = 1,
     ) -> None:
-        self.read, self.write = read, write
+        self.read, self.write, self.readers = read, write, max(1, readers)
 
     def run(self, batches: Sequence[Any], infer: Callable[[NDArray[Any]], NDArray[Any]]) -> None:
-        with ThreadPoolExecutor(1, "ilots-read") as reader, ThreadPoolExecutor(1, "ilots-write") as writer:
+        ahead = PREFETCH * self.readers
+        with (
+            ThreadPoolExecutor(self.readers, "ilots-read") as reader,
+            ThreadPoolExecutor(1, "ilots-write") as writer,
+        ):
             reads: queue.SimpleQueue[Future[NDArray[Any]]] = queue.SimpleQueue()
-            for keys in batches[:PREFETCH]:
+            for keys in batches[:ahead]:
                 reads.put(reader.submit(self.read, keys))
             pending: Future[None] | None = None
             try:
                 for n, keys in enumerate(batches):
                     batch = reads.get().result()
-                    if n + PREFETCH < len(batches):
-                        reads.put(reader.submit(self.read, batches[n + PREFETCH]))
+                    if n + ahead < len(batches):
+                        reads.put(reader.submit(self.read, batches[n + ahead]))
                     probs = infer(batch)
                     del batch
                     if pending is not None:
@@ -72,6 +83,28 @@ class _Pipeline:
             finally:
                 while not reads.empty():
                     reads.get().cancel()
+
+
+class _Handles:
+    """One dataset handle per reading thread (a GDAL handle must not be shared between threads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.local = threading.local()
+        self.opened: list[DatasetReader] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> DatasetReader:
+        handle = getattr(self.local, "handle", None)
+        if handle is None:
+            handle = self.local.handle = rasterio.open(self.path)
+            with self.lock:
+                self.opened.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.opened:
+            handle.close()
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -123,7 +156,8 @@ def predict_raster(
         raws += [proba_tmp.with_name(proba_tmp.name + ".raw.tif")] if proba_tmp else []
         stack.callback(_remove, raws)
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True))
-        reader = stack.enter_context(rasterio.open(src_path))
+        handles = _Handles(src_path)
+        stack.callback(handles.close)
         source = stack.enter_context(rasterio.open(src_path))
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
@@ -132,9 +166,10 @@ def predict_raster(
         writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill)
 
         def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
+            reader = handles.get()
             return np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
 
-        _Pipeline(read, writer.add_batch).run(
+        _Pipeline(read, writer.add_batch, options.readers).run(
             batches, lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision)
         )
         out.write_colormap(1, class_map.colour_table())
