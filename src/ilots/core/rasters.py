@@ -234,4 +234,5 @@ def write_cog(raw: Path, dest: Path, resampling: str) -> None:
         OVERVIEWS="IGNORE_EXISTING",
         OVERVIEW_RESAMPLING=resampling,
         BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",  # tiles compressed and overviews computed in parallel: same bytes
     )

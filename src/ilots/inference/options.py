@@ -30,14 +30,17 @@ class PredictOptions:
     probabilities: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     devices: int = 1
+    readers: int = 2  # threads reading and decoding windows ahead of the forward pass
     overwrite: bool = False
     fill: float | str | None = None  # imagery.fill: a pixel value, "auto" or None
     fill_tolerance: float = 0.0
     input_max: float | None = None  # the input value mapped onto the top of the model's scale
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.batch_size < 1 or self.devices < 1:
-            raise IlotsError("predict.window, predict.batch_size and predict.devices must be positive.")
+        if min(self.window, self.batch_size, self.devices, self.readers) < 1:
+            raise IlotsError(
+                "predict.window, predict.batch_size, predict.devices and predict.readers must be positive."
+            )
         if not 0 <= self.overlap < self.window:
             raise IlotsError(
                 f"predict.overlap={self.overlap} must lie in [0, predict.window={self.window}): lower it."

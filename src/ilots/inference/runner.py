@@ -1,11 +1,12 @@
 """Predicting whole orthophotos, streamed window by window into Cloud-Optimized GeoTIFFs.
 
-Peak memory does not grow with the raster (see :mod:`ilots.inference.blending`). A reader thread
-reads the next batches (its own dataset handle), the calling thread runs the forward pass (torch
-releases the GIL), a writer thread blends, masks and writes finished blocks (its own handles);
-each stage hands the next one a bounded number of batches. Blocks go to a tiled GeoTIFF under a
-temporary name, which is then copied to a COG with overviews (mode for classes, average for
-probabilities) and renamed into place: a killed run leaves no output half-written.
+Peak memory does not grow with the raster (see :mod:`ilots.inference.blending`). Reader threads
+(``predict.readers``) read the next batches (each its own dataset handle), the calling thread runs
+the forward pass (torch releases the GIL), a writer thread blends, masks and writes finished blocks
+(its own handles); each stage hands the next one a bounded number of batches. Blocks go to a
+tiled GeoTIFF under a temporary name, which is then copied to a COG with overviews (mode for
+classes, average for probabilities) and renamed into place: a killed run leaves no output
+half-written.
 
 Before any work, an orthophoto is refused in one sentence when its bands, its orientation (rotated
 or not north-up) or its values (:mod:`ilots.inference.scale`) do not fit the model; a failed write
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -56,12 +58,18 @@ PREFETCH = 2  # batches read ahead of the forward pass
 
 
 class _Pipeline:
-    """Reader thread -> forward pass (calling thread) -> writer thread, each a bounded hand-over."""
+    """Reader threads -> forward pass (calling thread) -> writer thread, each a bounded hand-over.
+
+    ``readers`` threads read batches ahead (each with its own dataset handle: GDAL decodes in
+    parallel without the GIL); batches reach the forward pass in order."""
 
     def __init__(
-        self, read: Callable[[Any], NDArray[Any]], write: Callable[[Any, NDArray[Any]], None]
+        self,
+        read: Callable[[Any], NDArray[Any]],
+        write: Callable[[Any, NDArray[Any]], None],
+        readers: int = 1,
     ) -> None:
-        self.read, self.write = read, write
+        self.read, self.write, self.readers = read, write, max(1, readers)
 
     def run(
         self,
@@ -69,16 +77,20 @@ class _Pipeline:
         infer: Callable[[NDArray[Any]], NDArray[Any]],
         done: Callable[[int], None] = lambda n: None,
     ) -> None:
-        with ThreadPoolExecutor(1, "ilots-read") as reader, ThreadPoolExecutor(1, "ilots-write") as writer:
+        ahead = PREFETCH * self.readers
+        with (
+            ThreadPoolExecutor(self.readers, "ilots-read") as reader,
+            ThreadPoolExecutor(1, "ilots-write") as writer,
+        ):
             reads: queue.SimpleQueue[Future[NDArray[Any]]] = queue.SimpleQueue()
-            for keys in batches[:PREFETCH]:
+            for keys in batches[:ahead]:
                 reads.put(reader.submit(self.read, keys))
             pending: Future[None] | None = None
             try:
                 for n, keys in enumerate(batches):
                     batch = reads.get().result()
-                    if n + PREFETCH < len(batches):
-                        reads.put(reader.submit(self.read, batches[n + PREFETCH]))
+                    if n + ahead < len(batches):
+                        reads.put(reader.submit(self.read, batches[n + ahead]))
                     probs = infer(batch)
                     del batch
                     if pending is not None:
@@ -90,6 +102,28 @@ class _Pipeline:
             finally:
                 while not reads.empty():
                     reads.get().cancel()
+
+
+class _Handles:
+    """One dataset handle per reading thread (a GDAL handle must not be shared between threads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.local = threading.local()
+        self.opened: list[DatasetReader] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> DatasetReader:
+        handle = getattr(self.local, "handle", None)
+        if handle is None:
+            handle = self.local.handle = rasterio.open(self.path)
+            with self.lock:
+                self.opened.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.opened:
+            handle.close()
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -215,7 +249,8 @@ def _predict_into(
         raws += [proba_tmp.with_name(proba_tmp.name + ".raw.tif")] if proba_tmp else []
         stack.callback(_remove, raws)
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True))
-        reader = stack.enter_context(rasterio.open(src_path))
+        handles = _Handles(src_path)
+        stack.callback(handles.close)
         source = stack.enter_context(rasterio.open(src_path))
         with rasterio.open(src_path) as src:
             class_profile = output_profile(src, 1, NODATA)
@@ -227,6 +262,7 @@ def _predict_into(
         writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill)
 
         def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
+            reader = handles.get()
             try:
                 batch = np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
             except (RasterioError, CPLE_BaseError) as exc:
@@ -234,7 +270,7 @@ def _predict_into(
             return scale.prepare(batch)
 
         progress = Progress(src_path.name, len(batches))
-        _Pipeline(read, writer.add_batch).run(
+        _Pipeline(read, writer.add_batch, options.readers).run(
             batches,
             lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision),
             progress.done,
