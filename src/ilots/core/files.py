@@ -11,6 +11,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,15 @@ from typing import Any
 import ijson
 
 from ilots.core.errors import IlotsError
+
+_PART = re.compile(r"^\.(?P<name>.+)\.[^.]+\.part$")
+
+
+def final_name(path: str | os.PathLike[str]) -> Path:
+    """The name a file written inside a temporary :func:`atomic_path` folder will have: the folder's
+    ``.NAME.XXXX.part`` part read as ``NAME`` (what a user sees once the stage succeeded)."""
+    parts = [m.group("name") if (m := _PART.match(part)) else part for part in Path(path).parts]
+    return Path(*parts)
 
 
 def write_failure(dest: str | os.PathLike[str], exc: OSError) -> IlotsError:
@@ -36,7 +46,9 @@ def write_failure(dest: str | os.PathLike[str], exc: OSError) -> IlotsError:
         advice = "a part of its path is a file: move that file away or choose another output folder"
     else:
         advice = "check the disk and the folder's permissions, then run again"
-    return IlotsError(f"cannot write {dest} ({reason}): {advice}; earlier outputs were left as they were.")
+    return IlotsError(
+        f"cannot write {final_name(dest)} ({reason}): {advice}; earlier outputs were left as they were."
+    )
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from ilots.core.errors import IlotsError
-from ilots.core.files import atomic_path, write_failure
+from ilots.core.files import atomic_path, final_name, write_failure
 
 COG_BLOCK = 512  # tile size of Cloud-Optimized outputs
 _FULL_DISK = 1 << 20  # free bytes below which a failed write is put down to a full disk
@@ -63,6 +63,22 @@ def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
             f"raster {path} has no geotransform: it is not georeferenced; use the original GeoTIFF."
         )
     return src
+
+
+@contextlib.contextmanager
+def read_check(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failed read of raster ``path`` into one sentence naming it: a damaged or cut-short
+    file GDAL opened but cannot decode (GDAL may only report it and return wrong pixels)."""
+    with _gdal_failures() as failures:
+        try:
+            yield
+        except (RasterioIOError, CPLE_BaseError) as exc:
+            failures.messages.append(str(exc))
+        if failures.messages:
+            raise IlotsError(
+                f"raster {path} cannot be read ({failures.messages[0]}): the file is damaged or cut "
+                "short; copy or download it again."
+            )
 
 
 def data_bands(src: DatasetReader, expected: int | None = None) -> tuple[list[int], int | None]:
@@ -233,6 +249,25 @@ class _GdalFailures(logging.Handler):
 
 
 @contextlib.contextmanager
+def _gdal_failures() -> Iterator[_GdalFailures]:
+    """The failures GDAL reports inside the block (kept off the log: the caller's sentence says it)."""
+    failures = _GdalFailures()
+    loggers = [logging.getLogger(name) for name in _GdalFailures.LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(failures)
+    try:
+        yield failures
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(failures)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+@contextlib.contextmanager
 def gdal_write_check(
     dest: str | os.PathLike[str], written: str | os.PathLike[str] | None = None
 ) -> Iterator[None]:
@@ -245,26 +280,15 @@ def gdal_write_check(
     ``written`` is the file actually written (a temporary name of ``dest``) when it is another.
     """
     written = Path(written if written is not None else dest)
-    failures = _GdalFailures()
-    loggers = [logging.getLogger(name) for name in _GdalFailures.LOGGERS]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # the sentence says it; no GDAL log lines on top
-        logger.addHandler(failures)
-    try:
-        yield
-    except (OSError, CPLE_BaseError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise write_failure(dest, exc) from exc
-        raise _gdal_failure(dest, written, [*failures.messages, str(exc)]) from exc
-    finally:
-        for logger, (level, propagate) in zip(loggers, saved, strict=True):
-            logger.removeHandler(failures)
-            logger.setLevel(level)
-            logger.propagate = propagate
-    if failures.messages:
-        raise _gdal_failure(dest, written, failures.messages)
+    with _gdal_failures() as failures:
+        try:
+            yield
+        except (OSError, CPLE_BaseError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise write_failure(dest, exc) from exc
+            raise _gdal_failure(dest, written, [*failures.messages, str(exc)]) from exc
+        if failures.messages:
+            raise _gdal_failure(dest, written, failures.messages)
 
 
 def _gdal_failure(dest: str | os.PathLike[str], written: Path, messages: list[str]) -> IlotsError:
@@ -278,7 +302,7 @@ def _gdal_failure(dest: str | os.PathLike[str], written: Path, messages: list[st
     if folder.is_dir() and shutil.disk_usage(folder).free < _FULL_DISK:
         return write_failure(dest, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     return IlotsError(
-        f"cannot write {dest} (GDAL: {messages[0]}): check the free disk space and the file size "
+        f"cannot write {final_name(dest)} (GDAL: {messages[0]}): check the free disk space and the file size "
         "limit (ulimit -f), then run again; earlier outputs were left as they were."
     )
 
@@ -288,13 +312,22 @@ def raster_writer(
     dest: str | os.PathLike[str], profile: dict[str, Any], **tags: str
 ) -> Iterator[DatasetWriter]:
     """An open GeoTIFF to write (window by window if need be), renamed onto ``dest`` only when
-    every write succeeded (:func:`gdal_write_check`), with ``tags``; ``profile`` is complete
-    (see :func:`raster_profile`)."""
-    with atomic_path(dest) as tmp:
-        with gdal_write_check(dest, tmp), rasterio.open(tmp, "w", **profile) as dst:
+    every write succeeded (:func:`gdal_write_check`) and every block reads back, with ``tags``;
+    ``profile`` is complete (see :func:`raster_profile`)."""
+    with atomic_path(dest) as tmp, gdal_write_check(dest, tmp):
+        with rasterio.open(tmp, "w", **profile) as dst:
             yield dst
             if tags:
                 dst.update_tags(**tags)
+        _read_back(tmp)
+
+
+def _read_back(path: Path) -> None:
+    """Read every block of a raster just written: GDAL may report nothing when a write failed (only
+    libtiff's "File too large" on stderr) and leave blocks or its directory missing."""
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            src.read(window=window)
 
 
 def write_raster(
