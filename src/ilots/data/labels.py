@@ -53,6 +53,7 @@ so memory does not grow with the orthophoto's size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,8 +78,16 @@ from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, NODATA, ClassM
 from ilots.core.errors import IlotsError
 from ilots.core.files import NotAnArray, atomic_path, iter_json_array, write_failure
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import Fill, data_bands, open_georaster, raster_profile, raster_writer, valid_mask
-from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, read_layer
+from ilots.core.rasters import (
+    Fill,
+    data_bands,
+    open_georaster,
+    raster_profile,
+    raster_writer,
+    read_check,
+    valid_mask,
+)
+from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, grid_bounds, read_layer
 from ilots.data.truth import RasterTruth, paint
 
 ANNOTATOR_POLICIES = ("latest", "majority")
@@ -132,7 +141,12 @@ class _Spool:
         blob = json.dumps(tile.results, separators=(",", ":")).encode("utf-8")
         self.file.seek(0, os.SEEK_END)
         offset = self.file.tell()
-        self.file.write(blob)
+        try:
+            self.file.write(blob)
+            self.file.flush()
+        except OSError as exc:
+            where = f"a temporary file in {tempfile.gettempdir()} (TMPDIR) setting annotations aside"
+            raise write_failure(where, exc) from exc
         return replace(tile, results=None, offset=offset, length=len(blob))
 
     def results(self, tile: _Tile) -> list[list[dict]]:
@@ -140,7 +154,8 @@ class _Spool:
         return json.loads(self.file.read(tile.length))
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a write that failed (full disk) is already reported
+            self.file.close()
 
 
 # --------------------------------------------------------------------------- public API
@@ -227,9 +242,12 @@ def build_masks(
                 tmp.mkdir()
             except OSError as exc:
                 raise write_failure(out_dir, exc) from exc
+            found: set[int] = set()
             for name, path in sorted(orthos.items()):
-                counts = _ortho_mask(path, by_ortho.get(name, []), sources, tmp, block)
+                counts = _ortho_mask(path, by_ortho.get(name, []), sources, tmp, block, found)
                 _add_counts(counts, class_map.names, pixels)
+            if layers is not None:
+                layers.check_found(found)
     finally:
         spool.close()
     summary: dict[str, Any] = {"tasks": n_tasks, "annotated_tasks": len(tiles), "orthos": len(orthos)}
@@ -419,16 +437,21 @@ def _check_orthos_present(tiles: Iterable[_Tile], orthos: Mapping[str, Path], or
             )
 
 
-def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path, block: int) -> np.ndarray:
+def _ortho_mask(
+    path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path, block: int, found: set[int]
+) -> np.ndarray:
     """Write the mask of one orthophoto into out_dir, window by window: in each, the vector layers,
     the reference rasters, then the tiles (in task id order), then the no-imagery pixels. Returns
-    the count of each value (256 counts)."""
+    the count of each value (256 counts); adds to ``found`` the vector layers with a feature over it."""
     counts = np.zeros(256, dtype=np.int64)
     with open_georaster(path) as src:
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
+        if sources.layers is not None:
+            found |= sources.layers.found_over(crs, grid_bounds(transform, height, width))
         placed = [_place(ref, sources.spool, src, path) for ref in tiles]
-        bands, alpha = data_bands(src)
-        fill = sources.fill.resolve(src, bands) if sources.fill is not None else None
+        with read_check(path):
+            bands, alpha = data_bands(src)
+            fill = sources.fill.resolve(src, bands) if sources.fill is not None else None
         area = None  # the area of interest, drawn only when a reference source needs it
         if sources.area is not None and (sources.layers is not None or sources.rasters):
             area = sources.area.to_crs(crs)
@@ -440,7 +463,8 @@ def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path
             dst.set_band_description(1, "class")
             for window in _windows(height, width, block):
                 mask = _window_mask(window, placed, sources, crs, windows.transform(window, transform), area)
-                mask[~valid_mask(src, window, bands, alpha, fill)] = NODATA
+                with read_check(path):
+                    mask[~valid_mask(src, window, bands, alpha, fill)] = NODATA
                 dst.write(mask, 1, window=window)
                 counts += np.bincount(mask.reshape(-1), minlength=256)
     return counts

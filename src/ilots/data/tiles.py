@@ -43,7 +43,7 @@ from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, write_failure, write_json
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import Fill, data_bands, open_georaster, valid_mask, write_raster
+from ilots.core.rasters import Fill, data_bands, open_georaster, read_check, valid_mask, write_raster
 from ilots.data.areas import SplitAreas
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,11 @@ class OrthoMask:
     @classmethod
     def check(cls, ortho_path: Path, mask_path: Path, fill: Fill | None) -> OrthoMask:
         """The orthophoto and its mask, checking the mask lies on the orthophoto's grid."""
+        if not mask_path.is_file():
+            raise IlotsError(
+                f"mask {mask_path} of orthophoto {ortho_path.name} does not exist: make the masks of "
+                "these orthophotos first (`ilots labels`, or `dvc repro labels`)."
+            )
         with open_georaster(ortho_path) as ortho, open_georaster(mask_path) as mask:
             if mask.crs != ortho.crs:
                 raise IlotsError(
@@ -91,8 +96,9 @@ class OrthoMask:
                     f"mask {mask_path} is not on the grid of orthophoto {ortho.name}: "
                     "rebuild the masks with `ilots labels` on these orthophotos."
                 )
-            bands, alpha = data_bands(ortho)  # an alpha band is no data band: it masks
-            resolved = fill.resolve(ortho, bands) if fill is not None else None
+            with read_check(ortho_path):
+                bands, alpha = data_bands(ortho)  # an alpha band is no data band: it masks
+                resolved = fill.resolve(ortho, bands) if fill is not None else None
             return cls(ortho_path, mask_path, ortho.crs, ortho.transform, ortho.shape, bands, alpha, resolved)
 
     @contextlib.contextmanager
@@ -103,8 +109,10 @@ class OrthoMask:
 
     def labels(self, ortho: DatasetReader, mask: DatasetReader, window: Window) -> np.ndarray:
         """The mask in ``window``, 255 where the orthophoto holds no imagery (nothing to learn)."""
-        labels = mask.read(1, window=window)
-        labels[~valid_mask(ortho, window, self.bands, self.alpha, self.fill)] = NODATA
+        with read_check(self.mask):
+            labels = mask.read(1, window=window)
+        with read_check(self.ortho):
+            labels[~valid_mask(ortho, window, self.bands, self.alpha, self.fill)] = NODATA
         return labels
 
     def windows(self) -> Iterator[tuple[Any, np.ndarray]]:
@@ -397,7 +405,8 @@ def read_chip(
     (not annotated)."""
     height, width = min(size, ortho.height - row), min(size, ortho.width - col)
     window = Window(col, row, width, height)
-    image = ortho.read(src.bands, window=window)
+    with read_check(src.ortho):
+        image = ortho.read(src.bands, window=window)
     labels = src.labels(ortho, mask, window)
     if (height, width) != (size, size):
         pad = ((0, size - height), (0, size - width))
