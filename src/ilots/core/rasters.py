@@ -35,7 +35,15 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, final_name, write_failure
 
 COG_BLOCK = 512  # tile size of Cloud-Optimized outputs
+GDAL_CACHE_MB = 64  # GDAL's block cache in window-by-window stages: its default grows to 5 % of RAM
 _FULL_DISK = 1 << 20  # free bytes below which a failed write is put down to a full disk
+
+
+def bounded_cache() -> rasterio.Env:
+    """An environment where GDAL's block cache holds at most :data:`GDAL_CACHE_MB`: a stage working
+    window by window then has a memory flat in the rasters' size (GDAL's default cache, a share of
+    the machine's memory, would keep what was read and written of a whole orthophoto)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:

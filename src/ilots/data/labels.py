@@ -80,6 +80,7 @@ from ilots.core.files import NotAnArray, atomic_path, iter_json_array, write_fai
 from ilots.core.orthos import list_orthos
 from ilots.core.rasters import (
     Fill,
+    bounded_cache,
     data_bands,
     open_georaster,
     raster_profile,
@@ -237,7 +238,7 @@ def build_masks(
 
         pixels = dict.fromkeys([*class_map.names, "unlabeled"], 0)
         sources = _Sources(class_map, spool, layers, area_frame, fill, list(rasters))
-        with atomic_path(out_dir) as tmp:
+        with bounded_cache(), atomic_path(out_dir) as tmp:
             try:
                 tmp.mkdir()
             except OSError as exc:

@@ -43,7 +43,15 @@ from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, write_failure, write_json
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import Fill, data_bands, open_georaster, read_check, valid_mask, write_raster
+from ilots.core.rasters import (
+    Fill,
+    bounded_cache,
+    data_bands,
+    open_georaster,
+    read_check,
+    valid_mask,
+    write_raster,
+)
 from ilots.data.areas import SplitAreas
 
 log = logging.getLogger(__name__)
@@ -288,6 +296,29 @@ def cut_tiles(
             f"tiles.size={size}, tiles.overlap={overlap}, tiles.block={block}: "
             "need 0 <= overlap < size <= block."
         )
+    with bounded_cache():
+        return _cut_tiles(
+            orthos_dir, masks_dir, out_dir, size=size, overlap=overlap, block=block, split=split,
+            min_annotated=min_annotated, classes=classes, seed=seed, fill=fill, areas=areas,
+        )  # fmt: skip
+
+
+def _cut_tiles(
+    orthos_dir: Path,
+    masks_dir: Path,
+    out_dir: Path,
+    *,
+    size: int,
+    overlap: int,
+    block: int,
+    split: Mapping[str, float],
+    min_annotated: float,
+    classes: Sequence[str],
+    seed: int,
+    fill: Fill | None,
+    areas: Mapping[str, Any] | None,
+) -> dict[str, object]:
+    """:func:`cut_tiles` once its settings are checked (in a bounded GDAL cache)."""
     orthos = list_orthos(orthos_dir)
     named_areas = SplitAreas.from_setting(areas, orthos)
     sources, bands, band_names = [], None, None
