@@ -365,7 +365,8 @@ def test_file_size_limit_or_full_disk(
 
     monkeypatch.setattr(corpus, "main", limited)
     case = Case(f"{what}: file size limit reached (ulimit -f)", argv, ["cannot write", "ulimit -f"])
-    check(case, city, capsys)
+    outcome = check(case, city, capsys)
+    assert ".part" not in outcome.err  # the file is named as the user will see it, not its temporary name
     experiments = city / "experiments"
     assert not [p for p in experiments.iterdir() if p.name.startswith(".")]  # no temporary left
 
