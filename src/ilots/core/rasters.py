@@ -242,7 +242,7 @@ def raster_profile(
 
 
 class _GdalFailures(logging.Handler):
-    """Collects the failures GDAL reports (rasterio logs them) while a raster is written."""
+    """Collects the failures GDAL reports (rasterio logs them) while a raster is read or written."""
 
     LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._io", "rasterio._base")
 

@@ -45,6 +45,12 @@ Policies:
   and may name an orthophoto that is not in the orthophoto folder.
 * Polygons are filled even when left open (``closed: false``); region types that carry no class
   (``choices``, ``textarea``...) are ignored.
+* A polygon or rectangle drawn partly off its tile is clipped to the tile; one wholly off it would
+  label nothing (and, alone in its annotation, turn the tile to background): it is an error naming
+  the task, the annotation and the region.
+* The orthophotos must be north-up (a rotated geotransform is named as such: ``gdalwarp`` it), and
+  a vector layer with features but none over any orthophoto (coordinates in another CRS than the
+  one it declares) is an error rather than a silent background.
 
 Nothing is written unless every mask can be built: masks go to a temporary folder that replaces
 the output folder only at the end. A mask is built and written window by window (``block`` px),
