@@ -174,6 +174,10 @@ def symlink_loop(root: Path) -> None:
     (root / ORTHOS / "loop_b.tif").symlink_to("loop_a.tif")
 
 
+def dangling_link(root: Path) -> None:
+    (root / ORTHOS / "moved.tif").symlink_to("/mnt/usb-drive/moved.tif")
+
+
 def vectors_in_wrong_crs(root: Path) -> None:
     """The buildings, their Lambert-93 coordinates declared as UTM 31N: they land far away."""
     import geopandas as gpd
@@ -289,6 +293,13 @@ CASES = [
         [*LABELS, f"labels.out={UNDER_A_FILE}"],
         ["cannot write", "masks", "a part of its path is a file"],
     ),
+    Case(
+        "labels: symbolic link to a file that is not there",
+        LABELS,
+        ["moved.tif", "does not exist"],
+        dangling_link,
+    ),
+    Case("tiles: symbolic link loop among the orthophotos", TILES, ["loop_a.tif", "loop"], symlink_loop),
     Case("tiles: corrupt orthophoto", TILES, ["lyon_841800", "cannot be read"], corrupt_ortho),
     Case("tiles: truncated orthophoto", TILES, ["lyon_841800", "cannot be read"], truncated_ortho),
     Case("tiles: damaged orthophoto (pixels overwritten)", TILES, ["lyon_841800", "damaged"], damaged_ortho),
