@@ -585,3 +585,77 @@ def test_majority_policy_votes_per_pixel_and_gives_ties_to_the_latest(env: dict[
 def test_an_unknown_annotator_policy_is_refused(env: dict[str, Path]) -> None:
     with pytest.raises(IlotsError, match=r"labels\.annotators='vote'"):
         run(env, _good_tasks(), annotators="vote")
+
+
+# --------------------------------------------------------------------------- regions off the tile, windows
+
+
+def test_a_polygon_partly_outside_its_tile_is_clipped_and_the_other_labels_kept(env: dict[str, Path]) -> None:
+    tree = brush(square(2, 8, 2, 8), "tree")
+    roof = polygon([(20, 20), (50, 20), (50, 50), (20, 50)], "roof")  # runs off the tile's corner
+    _, mask, _ = run(env, [task(1, 0, 0, [annotation(10, [tree, roof])])])
+    tile = tile_of(mask, 0, 0)
+    assert (tile[2:8, 2:8] == 1).all()
+    assert (tile[20:, 20:] == 3).all() and (tile == 3).sum() == 12 * 12
+    assert (tile_of(mask, 32, 32) == 255).all()  # nothing spilled onto the next tile
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        polygon([(40, 40), (60, 40), (60, 60)], "roof"),
+        polygon([(-30, 2), (-5, 2), (-5, 20)], "water"),
+        rect(33, 0, 10, 10, "roof"),
+    ],
+    ids=["polygon beyond the corner", "polygon left of the tile", "rectangle right of the tile"],
+)
+def test_a_region_wholly_outside_its_tile_is_refused_naming_task_and_annotation(
+    env: dict[str, Path], region: dict
+) -> None:
+    env["out"].mkdir()
+    (env["out"] / "previous.tif").write_bytes(b"previous masks")
+    tree = brush(square(2, 8, 2, 8), "tree")
+    with pytest.raises(IlotsError, match=r"task 7: the \w+ \w+ of annotation 70 lies wholly outside"):
+        run(env, [task(7, 0, 0, [annotation(70, [tree, region])])])
+    assert [p.name for p in env["out"].iterdir()] == ["previous.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NodataShadowWarning")
+def test_masks_built_in_small_windows_equal_the_whole_raster_ones(env: dict[str, Path]) -> None:
+    """Windows of 9 px (not dividing the tiles nor the raster) give the masks of one window."""
+    import geopandas as gpd
+
+    from ilots.core.vectors import VectorLayer
+
+    vector = env["orthos"].parent / "roofs.gpkg"
+    shapes = [
+        Polygon([(X0 + 1, Y0 - 1), (X0 + 9, Y0 - 2), (X0 + 5, Y0 - 11)]),
+        Point(X0 + 10, Y0 - 9).buffer(1.5),
+    ]
+    gpd.GeoDataFrame(geometry=shapes, crs="EPSG:2154").to_file(vector)
+    tasks = [
+        task(1, 32, 0, [annotation(10, [brush(square(4, 20, 10, 30), "tree")])]),
+        task(2, 0, 32, [annotation(11, [polygon([(3.3, 2.2), (25.7, 6.1), (12.4, 27.9)], "roof")])]),
+        task(3, 16, 16, [annotation(12, [rect(2, 3, 20, 9, "water", rotation=20)])]),
+    ]
+    layers = [VectorLayer(vector, label="roof")]
+    with rasterio.open(env["orthos"] / ORTHO, "r+") as dst:  # a strip with no imagery
+        image = dst.read()
+        image[:, 40:50, :5] = 0
+        dst.write(image)
+        dst.nodata = 0
+    whole, mask, _ = run(env, tasks, vectors=layers, block=1024)
+    windowed, small, path = run(env, tasks, vectors=layers, block=9)
+    assert windowed == whole
+    assert np.array_equal(small, mask) and set(np.unique(mask)) == {0, 1, 2, 3, 255}
+    with rasterio.open(path) as src:
+        assert (src.crs.to_epsg(), src.transform, src.nodata) == (2154, from_origin(X0, Y0, RES, RES), 255)
+        assert src.descriptions == ("class",) and "CLASSES" in src.tags()
+
+
+def test_a_rotated_orthophoto_is_named_as_rotated(env: dict[str, Path]) -> None:
+    with rasterio.open(env["orthos"] / ORTHO, "r+") as dst:
+        dst.transform = Affine(RES, 0.05, X0, 0.05, -RES, Y0)
+    tasks = [task(1, 0, 0, [annotation(10, [brush(square(4, 10, 10, 16), "tree")])])]
+    with pytest.raises(IlotsError, match=r"is rotated .*gdalwarp"):
+        run(env, tasks)

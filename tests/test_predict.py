@@ -39,6 +39,13 @@ class PixelRule(nn.Module):
         return nn.functional.one_hot(value, 4).permute(0, 3, 1, 2).float() * 10
 
 
+class FailingDisk(nn.Module):
+    """A 'network' whose every forward pass fails on an OSError, as a failing device or mount would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise OSError(5, "Input/output error")
+
+
 class Constant(nn.Module):
     """A 'network' that always says water, wherever it looks."""
 
@@ -454,26 +461,26 @@ sys.path.insert(0, {tests!r})
 from ilots.core.errors import IlotsError
 from ilots.inference.distributed import predict_distributed
 from ilots.inference.options import PredictOptions
-from test_predict import PixelRule, segmenter
+from test_predict import FailingDisk, segmenter
 options = PredictOptions(window=64, overlap=16, batch_size=4, devices=2)
 try:
-    predict_distributed(segmenter(PixelRule()), [Path(p) for p in {orthos!r}], Path({out!r}), options)
+    predict_distributed(segmenter(FailingDisk()), [Path(p) for p in {orthos!r}], Path({out!r}), options)
 except IlotsError as exc:
     print("ERROR:", exc)
 """
 
 
 def test_a_worker_failing_on_any_error_ends_the_run_with_its_message(tmp_path: Path) -> None:
-    """--devices 2 with an output folder under a regular file: the workers fail on an OSError, not an
-    IlotsError; the run must end with that message, not hang in the workers' gather."""
+    """--devices 2 with a network failing on an OSError (not an IlotsError; an output folder under a
+    regular file used to be one, it is now a sentence of atomic_path's): the run must end with that
+    message, not hang in the workers' gather."""
     orthos = two_orthos(tmp_path)
-    (tmp_path / "taken").write_text("a regular file")
     script = FAILING_WORKERS.format(
-        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "taken" / "out")
+        tests=str(Path(__file__).parent), orthos=[str(p) for p in orthos], out=str(tmp_path / "out")
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert "ERROR: prediction worker" in done.stdout, done.stderr[-2000:]
-    assert "NotADirectoryError" in done.stdout
+    assert "OSError" in done.stdout and "Input/output error" in done.stdout
 
 
 def test_cli_output_folder_under_a_file_is_one_sentence_before_any_work(

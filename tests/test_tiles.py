@@ -240,3 +240,29 @@ def test_every_annotated_pixel_lands_in_a_chip_edges_included(tmp_path: Path) ->
         covered[stem][row : row + 32, col : col + 32] = True
     for stem in shapes:
         assert covered[stem].all(), f"annotated pixels of {stem} in no chip"
+
+
+def test_chips_do_not_depend_on_the_window_masks_are_scanned_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masks are read window by window: with windows of 37 px (dividing nothing) the chips, their
+    index and the named-area check are those of one window holding the whole orthophoto."""
+    import hashlib
+
+    from ilots.data import tiles
+
+    make_inputs(tmp_path, size=300, annotated_rows=250)
+    area = write_area(tmp_path / "areas" / "test.gpkg", cols=(150, 300), rows=(0, 300))
+
+    def digests() -> dict[str, str]:
+        out = tmp_path / "tiles"
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.*")}
+
+    cut(tmp_path, areas={"test": str(area)})
+    whole = digests()
+    monkeypatch.setattr(tiles, "_WINDOW", 37)
+    cut(tmp_path, areas={"test": str(area)})
+    assert digests() == whole and len(whole) > 20
+    empty = write_area(tmp_path / "areas" / "val.gpkg", cols=(0, 300), rows=(260, 300), crs="EPSG:2154")
+    with pytest.raises(IlotsError, match="covers no annotated pixel"):
+        cut(tmp_path, areas={"val": str(empty)})

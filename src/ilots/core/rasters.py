@@ -10,7 +10,13 @@ another treats as nodata, and an alpha band is never a data band.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import resource
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +25,25 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
-from rasterio.io import DatasetReader
+from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from ilots.core.errors import IlotsError
-from ilots.core.files import atomic_path
+from ilots.core.files import atomic_path, final_name, write_failure
 
 COG_BLOCK = 512  # tile size of Cloud-Optimized outputs
+GDAL_CACHE_MB = 64  # GDAL's block cache in window-by-window stages: its default grows to 5 % of RAM
+_FULL_DISK = 1 << 20  # free bytes below which a failed write is put down to a full disk
+
+
+def bounded_cache() -> rasterio.Env:
+    """An environment where GDAL's block cache holds at most :data:`GDAL_CACHE_MB`: a stage working
+    window by window then has a memory flat in the rasters' size (GDAL's default cache, a share of
+    the machine's memory, would keep what was read and written of a whole orthophoto)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
@@ -55,6 +71,22 @@ def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
             f"raster {path} has no geotransform: it is not georeferenced; use the original GeoTIFF."
         )
     return src
+
+
+@contextlib.contextmanager
+def read_check(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failed read of raster ``path`` into one sentence naming it: a damaged or cut-short
+    file GDAL opened but cannot decode (GDAL may only report it and return wrong pixels)."""
+    with _gdal_failures() as failures:
+        try:
+            yield
+        except (RasterioIOError, CPLE_BaseError) as exc:
+            failures.messages.append(str(exc))
+        if failures.messages:
+            raise IlotsError(
+                f"raster {path} cannot be read ({failures.messages[0]}): the file is damaged or cut "
+                "short; copy or download it again."
+            )
 
 
 def data_bands(src: DatasetReader, expected: int | None = None) -> tuple[list[int], int | None]:
@@ -186,16 +218,11 @@ def valid_mask(
     return valid
 
 
-def write_raster(
-    dest: str | os.PathLike[str], array: NDArray[Any], profile: dict[str, Any], **tags: str
-) -> None:
-    """Write a (bands, rows, cols) or (rows, cols) array as a tiled, compressed GeoTIFF, atomically.
-
-    ``profile`` must carry at least ``crs`` and ``transform``; dtype, count and size come from
-    the array.
-    """
-    if array.ndim == 2:
-        array = array[np.newaxis]
+def raster_profile(
+    profile: dict[str, Any], count: int, height: int, width: int, dtype: str
+) -> dict[str, Any]:
+    """The profile of a tiled (256 px blocks; strips below 256 px), deflate-compressed GeoTIFF of
+    that size from ``profile`` (at least ``crs`` and ``transform``)."""
     out_profile = {
         "driver": "GTiff",
         "compress": "deflate",
@@ -203,23 +230,134 @@ def write_raster(
         "blockxsize": 256,
         "blockysize": 256,
         **{k: v for k, v in profile.items() if k not in ("driver", "blockxsize", "blockysize")},
-        "count": array.shape[0],
-        "height": array.shape[1],
-        "width": array.shape[2],
-        "dtype": array.dtype.name,
+        "count": count,
+        "height": height,
+        "width": width,
+        "dtype": dtype,
     }
-    if out_profile["count"] >= 3 and "photometric" not in out_profile:
+    if count >= 3 and "photometric" not in out_profile:
         # GDAL's default for 4 bands is RGBA: a near-infrared 4th band would be read as alpha.
         out_profile["photometric"] = "RGB"
-    if out_profile["height"] < 256 or out_profile["width"] < 256:
+    if height < 256 or width < 256:
         out_profile["tiled"] = False
         out_profile.pop("blockxsize")
         out_profile.pop("blockysize")
-    with atomic_path(dest) as tmp:
-        with rasterio.open(tmp, "w", **out_profile) as dst:
-            dst.write(array)
+    return out_profile
+
+
+class _GdalFailures(logging.Handler):
+    """Collects the failures GDAL reports (rasterio logs them) while a raster is read or written."""
+
+    LOGGERS = ("rasterio._err", "rasterio._env", "rasterio._io", "rasterio._base")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "signalled an error" in text:
+            self.messages.append(text.split("msg=", 1)[-1].strip("'\""))
+
+
+@contextlib.contextmanager
+def _gdal_failures() -> Iterator[_GdalFailures]:
+    """The failures GDAL reports inside the block (kept off the log: the caller's sentence says it)."""
+    failures = _GdalFailures()
+    loggers = [logging.getLogger(name) for name in _GdalFailures.LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(failures)
+    try:
+        yield failures
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(failures)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def gdal_write_check(
+    dest: str | os.PathLike[str], written: str | os.PathLike[str] | None = None
+) -> Iterator[None]:
+    """Turn a failed raster write into one sentence naming ``dest``.
+
+    GDAL does not always raise when a write fails (a full disk, the file size limit): it reports
+    the failure and leaves a file that cannot be read later. Inside this block, any failure GDAL
+    reports, any rasterio or system error, becomes an :class:`IlotsError` that names ``dest``, says
+    why (full disk, ``ulimit -f``, permissions) when the system can tell, and what to do.
+    ``written`` is the file actually written (a temporary name of ``dest``) when it is another.
+    """
+    written = Path(written if written is not None else dest)
+    with _gdal_failures() as failures:
+        try:
+            yield
+        except (OSError, CPLE_BaseError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise write_failure(dest, exc) from exc
+            raise _gdal_failure(dest, written, [*failures.messages, str(exc)]) from exc
+        if failures.messages:
+            raise _gdal_failure(dest, written, failures.messages)
+
+
+def _gdal_failure(dest: str | os.PathLike[str], written: Path, messages: list[str]) -> IlotsError:
+    """The sentence for a write GDAL reported as failed: the system's reason when it is a full disk
+    or the file size limit, GDAL's first message otherwise."""
+    folder = Path(dest).parent
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = written.stat().st_size if written.is_file() else 0
+    if limit != resource.RLIM_INFINITY and size >= limit:
+        return write_failure(dest, OSError(errno.EFBIG, os.strerror(errno.EFBIG)))
+    if folder.is_dir() and shutil.disk_usage(folder).free < _FULL_DISK:
+        return write_failure(dest, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return IlotsError(
+        f"cannot write {final_name(dest)} (GDAL: {messages[0]}): check the free disk space and the file size "
+        "limit (ulimit -f), then run again; earlier outputs were left as they were."
+    )
+
+
+@contextlib.contextmanager
+def raster_writer(
+    dest: str | os.PathLike[str], profile: dict[str, Any], **tags: str
+) -> Iterator[DatasetWriter]:
+    """An open GeoTIFF to write (window by window if need be), renamed onto ``dest`` only when
+    every write succeeded (:func:`gdal_write_check`) and every block reads back, with ``tags``;
+    ``profile`` is complete (see :func:`raster_profile`)."""
+    with atomic_path(dest) as tmp, gdal_write_check(dest, tmp):
+        with rasterio.open(tmp, "w", **profile) as dst:
+            yield dst
             if tags:
                 dst.update_tags(**tags)
+        _read_back(tmp)
+
+
+def _read_back(path: Path) -> None:
+    """Read every block of a raster just written: GDAL may report nothing when a write failed (only
+    libtiff's "File too large" on stderr) and leave blocks or its directory missing."""
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            src.read(window=window)
+
+
+def write_raster(
+    dest: str | os.PathLike[str], array: NDArray[Any], profile: dict[str, Any], **tags: str
+) -> None:
+    """Write a (bands, rows, cols) or (rows, cols) array as a tiled, compressed GeoTIFF, atomically.
+
+    ``profile`` must carry at least ``crs`` and ``transform``; dtype, count and size come from
+    the array.
+
+    Raises:
+        IlotsError: the file cannot be written (full disk, file size limit, permissions).
+    """
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    out_profile = raster_profile(profile, array.shape[0], array.shape[1], array.shape[2], array.dtype.name)
+    with raster_writer(dest, out_profile, **tags) as dst:
+        dst.write(array)
 
 
 def write_cog(raw: Path, dest: Path, resampling: str) -> None:

@@ -182,20 +182,27 @@ class VectorLayer:
 class Layers:
     """Labelled layers reprojected once per CRS, each with its spatial index."""
 
-    def __init__(self, layers: Sequence[tuple[str, Any]], buffers: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        layers: Sequence[tuple[str, Any]],
+        buffers: Sequence[float] | None = None,
+        paths: Sequence[Path] | None = None,
+    ) -> None:
         self.layers = list(layers)
         self.buffers = list(buffers) if buffers is not None else [0.0] * len(self.layers)
+        self.paths = list(paths) if paths is not None else [None] * len(self.layers)
         self._by_crs: dict[str, list[tuple[str, Any]]] = {}
 
     @classmethod
     def of(cls, specs: Sequence[VectorLayer], class_map: ClassMap) -> Layers:
         """The layers of ``labels.vectors``, read and checked."""
-        pairs, buffers = [], []
+        pairs, buffers, paths = [], [], []
         for spec in specs:
             for label, frame in spec.read(class_map):
                 pairs.append((label, frame))
                 buffers.append(spec.buffer)
-        return cls(pairs, buffers)
+                paths.append(spec.path)
+        return cls(pairs, buffers, paths)
 
     def in_crs(self, crs: Any) -> list[tuple[str, Any]]:
         """The layers in ``crs``, buffered there (the buffer is in its units)."""
@@ -215,6 +222,25 @@ class Layers:
                 projected.append((label, frame))
             self._by_crs[key] = projected
         return self._by_crs[key]
+
+    def found_over(self, crs: Any, footprint: Any) -> set[int]:
+        """The indexes of the layers with a feature over ``footprint`` (a shapely geometry in ``crs``)."""
+        return {i for i, (_, frame) in enumerate(self.in_crs(crs)) if len(frame.sindex.query(footprint))}
+
+    def check_found(self, found: set[int]) -> None:
+        """Fail on a layer that has features but none over any orthophoto (``found``: the indexes of
+        those that have): its coordinates are most likely in another CRS than it declares.
+
+        Raises:
+            IlotsError: naming the first such layer's file, label and CRS.
+        """
+        for i, (label, frame) in enumerate(self.layers):
+            if i not in found and len(frame):
+                raise IlotsError(
+                    f"vector file {self.paths[i]} ({label}) has {len(frame)} feature(s) but none over the "
+                    f"orthophotos: check that its coordinates are in the CRS it declares ({frame.crs}) "
+                    "and fix it (ogr2ogr -a_srs EPSG:...), or remove it from labels.vectors."
+                )
 
     def features(self) -> dict[str, int]:
         """Feature count per label."""

@@ -9,17 +9,17 @@ dealt at random to the splits nobody named.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
+from numpy.typing import NDArray
 from rasterio.features import geometry_mask
 from shapely.geometry.base import BaseGeometry
 
-from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 
 AREA_SPLITS = ("val", "test")
@@ -145,27 +145,31 @@ class SplitAreas:
         return best if best is not None and shares[best] > 0.5 else None
 
     def check_annotated(
-        self, masks: Mapping[Path, np.ndarray], grids: Mapping[Path, tuple[Any, Any]]
+        self, pieces: Callable[[], Iterable[tuple[Path, Any, Any, NDArray[np.bool_]]]]
     ) -> None:
         """Every named area holds at least one annotated pixel.
+
+        Args:
+            pieces: Called once per named split: ``(orthophoto, crs, transform, annotated)`` for
+                windows covering every orthophoto (``annotated``: its pixels with a label,
+                ``transform``: the window's), read one at a time.
 
         Raises:
             IlotsError: a named area covers no annotated pixel of any orthophoto.
         """
         for split in sorted(self.splits):
             covered = False
-            for path, mask in masks.items():
-                crs, transform = grids[path]
+            for path, crs, transform, annotated in pieces():
                 if split in self.stems:
-                    inside = np.full(mask.shape, path.stem in self.stems[split])
+                    inside = np.full(annotated.shape, path.stem in self.stems[split])
                 else:
                     area = self.polygon(split, crs)
                     inside = (
-                        geometry_mask([area], mask.shape, transform, invert=True)
+                        geometry_mask([area], annotated.shape, transform, invert=True)
                         if not area.is_empty
-                        else np.zeros(mask.shape, bool)
+                        else np.zeros(annotated.shape, bool)
                     )
-                if ((mask != NODATA) & inside).any():
+                if (annotated & inside).any():
                     covered = True
                     break
             if not covered:

@@ -45,13 +45,21 @@ Policies:
   and may name an orthophoto that is not in the orthophoto folder.
 * Polygons are filled even when left open (``closed: false``); region types that carry no class
   (``choices``, ``textarea``...) are ignored.
+* A polygon or rectangle drawn partly off its tile is clipped to the tile; one wholly off it would
+  label nothing (and, alone in its annotation, turn the tile to background): it is an error naming
+  the task, the annotation and the region.
+* The orthophotos must be north-up (a rotated geotransform is named as such: ``gdalwarp`` it), and
+  a vector layer with features but none over any orthophoto (coordinates in another CRS than the
+  one it declares) is an error rather than a silent background.
 
 Nothing is written unless every mask can be built: masks go to a temporary folder that replaces
-the output folder only at the end.
+the output folder only at the end. A mask is built and written window by window (``block`` px),
+so memory does not grow with the orthophoto's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -65,25 +73,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio import features
+from rasterio import features, windows
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
 
 from ilots.core.classes import DEFAULT_CLASSES, DEFAULT_PRIORITY, NODATA, ClassMap
 from ilots.core.errors import IlotsError
-from ilots.core.files import NotAnArray, atomic_path, iter_json_array
+from ilots.core.files import NotAnArray, atomic_path, iter_json_array, write_failure
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import Fill, open_georaster, valid_mask, write_raster
-from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, read_layer
+from ilots.core.rasters import (
+    Fill,
+    bounded_cache,
+    data_bands,
+    open_georaster,
+    raster_profile,
+    raster_writer,
+    read_check,
+    valid_mask,
+)
+from ilots.core.vectors import Layers, VectorLayer, burn_layers, burn_shapes, grid_bounds, read_layer
 from ilots.data.truth import RasterTruth, paint
 
 ANNOTATOR_POLICIES = ("latest", "majority")
 
 _OFFSET_TOLERANCE_PX = 1e-3
 _PIXEL_SIZE_RTOL = 1e-6
-_COUNT_CHUNK = 1 << 22
+MASK_BLOCK = 1024  # px: masks are built and written in windows of this side
 _DRAWN_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -104,8 +122,20 @@ class _Tile:
     transform: Affine
     window: Mapping[str, Any] | None
     results: list[list[dict]] | None = None
+    annotation_ids: tuple[object, ...] = ()
     offset: int = 0
     length: int = 0
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """An annotated tile placed on its orthophoto: pixel offset and size (results stay spooled)."""
+
+    tile: _Tile
+    row: int
+    col: int
+    height: int
+    width: int
 
 
 class _Spool:
@@ -118,7 +148,12 @@ class _Spool:
         blob = json.dumps(tile.results, separators=(",", ":")).encode("utf-8")
         self.file.seek(0, os.SEEK_END)
         offset = self.file.tell()
-        self.file.write(blob)
+        try:
+            self.file.write(blob)
+            self.file.flush()
+        except OSError as exc:
+            where = f"a temporary file in {tempfile.gettempdir()} (TMPDIR) setting annotations aside"
+            raise write_failure(where, exc) from exc
         return replace(tile, results=None, offset=offset, length=len(blob))
 
     def results(self, tile: _Tile) -> list[list[dict]]:
@@ -126,7 +161,8 @@ class _Spool:
         return json.loads(self.file.read(tile.length))
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a write that failed (full disk) is already reported
+            self.file.close()
 
 
 # --------------------------------------------------------------------------- public API
@@ -143,6 +179,7 @@ def build_masks(
     area: Path | None = None,
     fill: Fill | None = None,
     rasters: Sequence[RasterTruth] = (),
+    block: int = MASK_BLOCK,
 ) -> dict[str, Any]:
     """Rasterize a Label Studio export and/or vector layers onto every orthophoto of a folder.
 
@@ -164,6 +201,8 @@ def build_masks(
             nothing (default: everywhere).
         fill: The orthophotos' fill colour (no imagery: not annotated).
         rasters: Reference class rasters resampled onto each orthophoto (annotations win over them).
+        block: Side in px of the windows a mask is built and written in (memory holds one window,
+            whatever the orthophoto's size; the masks do not depend on it).
 
     Returns:
         ``{"tasks": n, "annotated_tasks": n, "orthos": n, "pixels": {class_name: count, ...,
@@ -172,7 +211,8 @@ def build_masks(
     Raises:
         IlotsError: no source of labels; unreadable export, no annotation at all (and no vector
             layer), a task without georeference or off the orthophoto's grid, a missing
-            orthophoto, a CRS mismatch, an unknown label or class; an unreadable vector file.
+            orthophoto, a CRS mismatch, an unknown label or class, a region wholly outside its
+            tile, a rotated orthophoto; an unreadable vector file; a mask that cannot be written.
     """
     class_map = class_map or ClassMap.from_config(DEFAULT_CLASSES, DEFAULT_PRIORITY)
     if annotators not in ANNOTATOR_POLICIES:
@@ -204,11 +244,17 @@ def build_masks(
 
         pixels = dict.fromkeys([*class_map.names, "unlabeled"], 0)
         sources = _Sources(class_map, spool, layers, area_frame, fill, list(rasters))
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
+        with bounded_cache(), atomic_path(out_dir) as tmp:
+            try:
+                tmp.mkdir()
+            except OSError as exc:
+                raise write_failure(out_dir, exc) from exc
+            found: set[int] = set()
             for name, path in sorted(orthos.items()):
-                mask = _ortho_mask(path, by_ortho.get(name, []), sources, tmp)
-                _count_pixels(mask, class_map.names, pixels)
+                counts = _ortho_mask(path, by_ortho.get(name, []), sources, tmp, block, found)
+                _add_counts(counts, class_map.names, pixels)
+            if layers is not None:
+                layers.check_found(found)
     finally:
         spool.close()
     summary: dict[str, Any] = {"tasks": n_tasks, "annotated_tasks": len(tiles), "orthos": len(orthos)}
@@ -236,8 +282,12 @@ def rasterize_annotation(
     width: int,
     class_map: ClassMap,
     task_id: int,
+    annotation: object = None,
 ) -> np.ndarray:
     """Rasterize one annotation's results onto its tile.
+
+    A polygon or rectangle partly outside the tile is clipped to it; one wholly outside is an error
+    (an annotator's slip that would otherwise leave the tile background where they meant a class).
 
     Args:
         result: The annotation's ``result`` list (brush, polygon and rectangle regions).
@@ -246,12 +296,14 @@ def rasterize_annotation(
         class_map: Label -> value written in the mask, and the order labels are drawn in (a
             later one wins on overlap).
         task_id: The task's id, named in error messages.
+        annotation: The annotation's id, named in error messages.
 
     Returns:
         A uint8 ``(height, width)`` mask of class values, 0 (background) where nothing is drawn.
 
     Raises:
-        IlotsError: a label outside the class map, a resized or rotated image, a bad region.
+        IlotsError: a label outside the class map, a resized or rotated image, a bad region, a
+            region wholly outside the tile.
     """
     values = class_map.label_values
     regions: dict[str, np.ndarray] = {}
@@ -259,7 +311,7 @@ def rasterize_annotation(
         labels = _region_labels(item, values, task_id)
         if not labels:
             continue
-        drawn = _draw_region(item, height, width, task_id)
+        drawn = _draw_region(item, height, width, _Where(task_id, annotation, labels))
         for label in labels:
             regions[label] = regions[label] | drawn if label in regions else drawn
     mask = np.zeros((height, width), dtype=np.uint8)
@@ -354,6 +406,7 @@ def _tile(task: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]]) -> 
             "`ilots`, which carry it."
         )
     results = [annotation.get("result") or [] for annotation in annotations]
+    ids = tuple(annotation.get("id") for annotation in annotations)
     if not all(isinstance(result, list) for result in results):
         raise IlotsError(f"task {task_id}: annotation result is not a list; re-export the project.")
     window = data.get("window")
@@ -364,6 +417,7 @@ def _tile(task: Mapping[str, Any], annotations: Sequence[Mapping[str, Any]]) -> 
         transform=_affine(transform, task_id),
         window=window if isinstance(window, dict) else None,
         results=results,
+        annotation_ids=ids,
     )
 
 
@@ -390,43 +444,112 @@ def _check_orthos_present(tiles: Iterable[_Tile], orthos: Mapping[str, Path], or
             )
 
 
-def _ortho_mask(path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path) -> np.ndarray:
-    """Paint the vector layers, then the tiles of one orthophoto (in task id order), then its
-    no-imagery pixels, and write its mask into out_dir."""
-    class_map = sources.class_map
+def _ortho_mask(
+    path: Path, tiles: list[_Tile], sources: _Sources, out_dir: Path, block: int, found: set[int]
+) -> np.ndarray:
+    """Write the mask of one orthophoto into out_dir, window by window: in each, the vector layers,
+    the reference rasters, then the tiles (in task id order), then the no-imagery pixels. Returns
+    the count of each value (256 counts); adds to ``found`` the vector layers with a feature over it."""
+    counts = np.zeros(256, dtype=np.int64)
     with open_georaster(path) as src:
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
-        valid = valid_mask(src, fill=sources.fill)
+        if sources.layers is not None:
+            found |= sources.layers.found_over(crs, grid_bounds(transform, height, width))
+        placed = [_place(ref, sources.spool, src, path) for ref in tiles]
+        with read_check(path):
+            bands, alpha = data_bands(src)
+            fill = sources.fill.resolve(src, bands) if sources.fill is not None else None
+        area = None  # the area of interest, drawn only when a reference source needs it
+        if sources.area is not None and (sources.layers is not None or sources.rasters):
+            area = sources.area.to_crs(crs)
+        profile = raster_profile(
+            {"crs": crs, "transform": transform, "nodata": NODATA}, 1, height, width, "uint8"
+        )
+        dest = out_dir / f"{path.stem}.tif"
+        with raster_writer(dest, profile, CLASSES=sources.class_map.tag()) as dst:
+            dst.set_band_description(1, "class")
+            for window in _windows(height, width, block):
+                mask = _window_mask(window, placed, sources, crs, windows.transform(window, transform), area)
+                with read_check(path):
+                    mask[~valid_mask(src, window, bands, alpha, fill)] = NODATA
+                dst.write(mask, 1, window=window)
+                counts += np.bincount(mask.reshape(-1), minlength=256)
+    return counts
+
+
+def _windows(height: int, width: int, block: int) -> Iterator[Window]:
+    """The ``block`` px windows covering a raster, row-major (narrower at the right and bottom edges)."""
+    if block <= 0:
+        raise ValueError(f"block must be positive, not {block}")
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+def _window_mask(
+    window: Window, placed: list[_Placed], sources: _Sources, crs: CRS, transform: Affine, area: Any
+) -> np.ndarray:
+    """The class values of one window of an orthophoto's mask (``transform``: the window's), before
+    its no-imagery pixels are set to 255."""
+    class_map = sources.class_map
+    height, width = int(window.height), int(window.width)
     mask = np.full((height, width), NODATA, dtype=np.uint8)
-    inside = None  # the area of interest, drawn only when a reference source needs it
     if sources.layers is not None or sources.rasters:
         inside = (
-            burn_shapes(sources.area.to_crs(crs), transform, height, width)
-            if sources.area is not None
+            burn_shapes(area, transform, height, width)
+            if area is not None
             else np.ones((height, width), dtype=bool)
         )
-    if sources.layers is not None:
-        drawn = burn_layers(sources.layers, crs, transform, height, width, class_map)
-        mask[inside] = drawn[inside]
-    if sources.rasters:
-        paint(sources.rasters, class_map, crs, transform, height, width, mask, inside)
-    for ref in tiles:
-        tile = replace(ref, results=sources.spool.results(ref))
-        _check_crs(tile, crs, path)
-        row, col, tile_h, tile_w = _tile_window(tile, transform, path)
+        if sources.layers is not None:
+            drawn = burn_layers(sources.layers, crs, transform, height, width, class_map)
+            mask[inside] = drawn[inside]
+        if sources.rasters:
+            paint(sources.rasters, class_map, crs, transform, height, width, mask, inside)
+    row0, col0 = int(window.row_off), int(window.col_off)
+    for place in placed:
+        r0, c0 = max(place.row, row0), max(place.col, col0)
+        r1 = min(place.row + place.height, row0 + height)
+        c1 = min(place.col + place.width, col0 + width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        tile = place.tile
+        results = sources.spool.results(tile)
+        ids = tile.annotation_ids or (None,) * len(results)
         tile_mask = _vote(
             [
-                rasterize_annotation(result, tile_h, tile_w, class_map, tile.task_id)
-                for result in tile.results or []
+                rasterize_annotation(result, place.height, place.width, class_map, tile.task_id, annotation)
+                for result, annotation in zip(results, ids, strict=True)
             ]
         )
-        _paste(mask, tile_mask, row, col, tile, path)
-    mask[~valid] = NODATA
-    dest = out_dir / f"{path.stem}.tif"
-    write_raster(dest, mask, {"crs": crs, "transform": transform, "nodata": NODATA}, CLASSES=class_map.tag())
-    with rasterio.open(dest, "r+") as dst:
-        dst.set_band_description(1, "class")
+        mask[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = tile_mask[
+            r0 - place.row : r1 - place.row, c0 - place.col : c1 - place.col
+        ]
     return mask
+
+
+def _place(ref: _Tile, spool: _Spool, src: DatasetReader, path: Path) -> _Placed:
+    """Check an annotated tile against its orthophoto (CRS, north-up grid, pixel size and offset,
+    overlap) and place it there."""
+    tile = replace(ref, results=spool.results(ref))
+    _check_crs(tile, src.crs, path)
+    _check_north_up(src.transform, path)
+    row, col, tile_h, tile_w = _tile_window(tile, src.transform, path)
+    if row >= src.height or col >= src.width or row + tile_h <= 0 or col + tile_w <= 0:
+        raise IlotsError(
+            f"task {tile.task_id} lies outside orthophoto {path.name}: check that data.ortho "
+            "names the orthophoto it was cut from."
+        )
+    return _Placed(ref, row, col, tile_h, tile_w)
+
+
+def _check_north_up(transform: Affine, path: Path) -> None:
+    """Fail on a rotated (or sheared) orthophoto: tiles are published north-up."""
+    if transform.b != 0 or transform.d != 0:
+        raise IlotsError(
+            f"orthophoto {path} is rotated (its geotransform is not north-up), so its annotated tiles "
+            f"cannot be placed on it: warp it to north-up (gdalwarp {path.name} {path.stem}_north_up.tif "
+            "writes a north-up copy), then publish and annotate that copy."
+        )
 
 
 def _check_crs(tile: _Tile, ortho_crs: CRS, ortho_path: Path) -> None:
@@ -501,25 +624,8 @@ def _size_from_results(tile: _Tile) -> tuple[int, int]:
     )
 
 
-def _paste(mask: np.ndarray, tile_mask: np.ndarray, row: int, col: int, tile: _Tile, path: Path) -> None:
-    """Copy a tile's mask onto the orthophoto mask, clipped to the orthophoto."""
-    r0, c0 = max(row, 0), max(col, 0)
-    r1 = min(row + tile_mask.shape[0], mask.shape[0])
-    c1 = min(col + tile_mask.shape[1], mask.shape[1])
-    if r0 >= r1 or c0 >= c1:
-        raise IlotsError(
-            f"task {tile.task_id} lies outside orthophoto {path.name}: check that data.ortho "
-            "names the orthophoto it was cut from."
-        )
-    mask[r0:r1, c0:c1] = tile_mask[r0 - row : r1 - row, c0 - col : c1 - col]
-
-
-def _count_pixels(mask: np.ndarray, classes: Sequence[str], pixels: dict[str, int]) -> None:
-    """Add the mask's per-class pixel counts to ``pixels``."""
-    counts = np.zeros(256, dtype=np.int64)
-    flat = mask.reshape(-1)
-    for start in range(0, flat.size, _COUNT_CHUNK):  # bincount widens to int64: bound the copy
-        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=256)
+def _add_counts(counts: np.ndarray, classes: Sequence[str], pixels: dict[str, int]) -> None:
+    """Add a mask's counts of each value (256 of them) to the per-class ``pixels``."""
     for value, name in enumerate(classes):
         pixels[name] += int(counts[value])
     pixels["unlabeled"] += int(counts[NODATA])
@@ -569,23 +675,54 @@ def _region_labels(item: Mapping[str, Any], class_index: Mapping[str, int], task
     return list(labels)
 
 
-def _draw_region(item: Mapping[str, Any], height: int, width: int, task_id: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _Where:
+    """Which region a message is about: its task, its annotation and its labels."""
+
+    task_id: int
+    annotation: object
+    labels: list[str]
+
+    def region(self, item: Mapping[str, Any]) -> str:
+        kind = str(item.get("type", "")).removesuffix("labels")
+        ident = f" {item['id']}" if isinstance(item.get("id"), str | int) else ""
+        of = f" of annotation {self.annotation}" if self.annotation is not None else ""
+        return f"task {self.task_id}: the {'/'.join(self.labels)} {kind}{ident}{of}"
+
+
+def _draw_region(item: Mapping[str, Any], height: int, width: int, where: _Where) -> np.ndarray:
     """Boolean (height, width) mask of one brush, polygon or rectangle region."""
+    task_id = where.task_id
     _check_image_size(item, height, width, task_id)
     value, kind = item["value"], item["type"]
     try:
         if kind == "brushlabels":
             return _brush(value, height, width)
         if kind == "polygonlabels":
-            points = [(x / 100 * width, y / 100 * height) for x, y in value.get("points") or []]
+            points = [(float(x) / 100 * width, float(y) / 100 * height) for x, y in value.get("points") or []]
         else:
             points = _rectangle_corners(value, height, width)
+        _check_inside(points, height, width, where, item)
         return _fill(points, height, width)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise IlotsError(
             f"task {task_id} has a malformed {kind} region ({type(exc).__name__}: {exc}): "
             "redraw it in Label Studio or re-export the project."
         ) from exc
+
+
+def _check_inside(
+    points: list[tuple[float, float]], height: int, width: int, where: _Where, item: Mapping[str, Any]
+) -> None:
+    """Fail on a region lying wholly outside its tile (one partly outside is clipped to it)."""
+    if len(points) < 3:
+        return
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    if max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height:
+        raise IlotsError(
+            f"{where.region(item)} lies wholly outside its {width} x {height} px tile, so it labels "
+            "nothing: redraw it on the image in Label Studio (or delete it) and export again."
+        )
 
 
 def _check_image_size(item: Mapping[str, Any], height: int, width: int, task_id: int) -> None:

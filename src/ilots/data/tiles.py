@@ -11,7 +11,8 @@ No annotated pixel is dropped at the edges: an edge strip narrower than a chip b
 beside it, the last chip of a block is flush with its end, and an orthophoto smaller than a chip
 gives one chip padded with 255 (not annotated). Chips with too few annotated pixels
 (``tiles.min_annotated``) are skipped. Per-band normalization statistics are computed on the
-train chips.
+train chips. Masks and orthophotos are read window by window (a block, a chip), so memory does not
+grow with their size.
 
 Layout written (atomically, as one folder)::
 
@@ -25,6 +26,7 @@ Layout written (atomically, as one folder)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,18 +35,29 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.windows
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
-from ilots.core.files import atomic_path, write_json
+from ilots.core.files import atomic_path, write_failure, write_json
 from ilots.core.orthos import list_orthos
-from ilots.core.rasters import Fill, data_bands, open_georaster, valid_mask, write_raster
+from ilots.core.rasters import (
+    Fill,
+    bounded_cache,
+    data_bands,
+    open_georaster,
+    read_check,
+    valid_mask,
+    write_raster,
+)
 from ilots.data.areas import SplitAreas
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+_WINDOW = 1024  # px: the side of the windows a whole orthophoto's mask is scanned in
 
 
 @dataclass(frozen=True)
@@ -58,20 +71,67 @@ class Block:
     width: int
 
 
-def read_mask(mask_path: Path, ortho: rasterio.DatasetReader) -> np.ndarray:
-    """Read the mask of an orthophoto, checking it lies on the orthophoto's grid."""
-    with open_georaster(mask_path) as mask:
-        if mask.crs != ortho.crs:
+@dataclass(frozen=True)
+class OrthoMask:
+    """An orthophoto and its mask, read window by window (memory holds a window, not the raster):
+    its grid, its data bands and alpha band, its fill colour (resolved on it)."""
+
+    ortho: Path
+    mask: Path
+    crs: Any
+    transform: Any
+    shape: tuple[int, int]
+    bands: list[int]
+    alpha: int | None
+    fill: Fill | None
+
+    @classmethod
+    def check(cls, ortho_path: Path, mask_path: Path, fill: Fill | None) -> OrthoMask:
+        """The orthophoto and its mask, checking the mask lies on the orthophoto's grid."""
+        if not mask_path.is_file():
             raise IlotsError(
-                f"mask {mask_path} is in {mask.crs} but orthophoto {ortho.name} is in {ortho.crs}: "
-                "rebuild the masks with `ilots labels` on these orthophotos."
+                f"mask {mask_path} of orthophoto {ortho_path.name} does not exist: make the masks of "
+                "these orthophotos first (`ilots labels`, or `dvc repro labels`)."
             )
-        if mask.transform != ortho.transform or mask.shape != ortho.shape:
-            raise IlotsError(
-                f"mask {mask_path} is not on the grid of orthophoto {ortho.name}: "
-                "rebuild the masks with `ilots labels` on these orthophotos."
-            )
-        return mask.read(1)
+        with open_georaster(ortho_path) as ortho, open_georaster(mask_path) as mask:
+            if mask.crs != ortho.crs:
+                raise IlotsError(
+                    f"mask {mask_path} is in {mask.crs} but orthophoto {ortho.name} is in {ortho.crs}: "
+                    "rebuild the masks with `ilots labels` on these orthophotos."
+                )
+            if mask.transform != ortho.transform or mask.shape != ortho.shape:
+                raise IlotsError(
+                    f"mask {mask_path} is not on the grid of orthophoto {ortho.name}: "
+                    "rebuild the masks with `ilots labels` on these orthophotos."
+                )
+            with read_check(ortho_path):
+                bands, alpha = data_bands(ortho)  # an alpha band is no data band: it masks
+                resolved = fill.resolve(ortho, bands) if fill is not None else None
+            return cls(ortho_path, mask_path, ortho.crs, ortho.transform, ortho.shape, bands, alpha, resolved)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[tuple[DatasetReader, DatasetReader]]:
+        """The orthophoto and its mask, open."""
+        with open_georaster(self.ortho) as ortho, open_georaster(self.mask) as mask:
+            yield ortho, mask
+
+    def labels(self, ortho: DatasetReader, mask: DatasetReader, window: Window) -> np.ndarray:
+        """The mask in ``window``, 255 where the orthophoto holds no imagery (nothing to learn)."""
+        with read_check(self.mask):
+            labels = mask.read(1, window=window)
+        with read_check(self.ortho):
+            labels[~valid_mask(ortho, window, self.bands, self.alpha, self.fill)] = NODATA
+        return labels
+
+    def windows(self) -> Iterator[tuple[Any, np.ndarray]]:
+        """``(transform, annotated)`` for the windows covering the orthophoto, one at a time."""
+        height, width = self.shape
+        with self.opened() as (ortho, mask):
+            for row in range(0, height, _WINDOW):
+                for col in range(0, width, _WINDOW):
+                    window = Window(col, row, min(_WINDOW, width - col), min(_WINDOW, height - row))
+                    labels = self.labels(ortho, mask, window)
+                    yield rasterio.windows.transform(window, self.transform), labels != NODATA
 
 
 def block_spans(length: int, block: int, size: int) -> list[tuple[int, int]]:
@@ -142,14 +202,15 @@ def assign_splits(
     return {free[i]: names[k] for k, i in enumerate(order)} | {b: named[b] for b in blocks if b in named}
 
 
-def annotated_blocks(masks: Mapping[Path, np.ndarray], block: int, size: int) -> dict[Block, float]:
-    """The blocks holding an annotated pixel, with their annotated share."""
+def annotated_blocks(sources: Sequence[OrthoMask], block: int, size: int) -> dict[Block, float]:
+    """The blocks holding an annotated pixel, with their annotated share (read block by block)."""
     found = {}
-    for path, mask in masks.items():
-        for blk in blocks_of(path, mask.shape, block, size):
-            window = mask[blk.row_off : blk.row_off + blk.height, blk.col_off : blk.col_off + blk.width]
-            if (window != NODATA).any():
-                found[blk] = round(float((window != NODATA).mean()), 4)
+    for src in sources:
+        with src.opened() as (ortho, mask):
+            for blk in blocks_of(src.ortho, src.shape, block, size):
+                labels = src.labels(ortho, mask, Window(blk.col_off, blk.row_off, blk.width, blk.height))
+                if (labels != NODATA).any():
+                    found[blk] = round(float((labels != NODATA).mean()), 4)
     return found
 
 
@@ -161,8 +222,7 @@ def corners(blk: Block, transform: Any) -> list[tuple[float, float]]:
 
 
 def sized_blocks(
-    masks: Mapping[Path, np.ndarray],
-    grids: Mapping[Path, tuple[Any, Any]],
+    sources: Sequence[OrthoMask],
     areas: SplitAreas,
     block: int,
     size: int,
@@ -174,8 +234,9 @@ def sized_blocks(
         IlotsError: even blocks of the chip size cannot give train, val and test one each.
     """
     dealt = [s for s in SPLITS if s not in areas.splits]
+    grids = {src.ortho: (src.crs, src.transform) for src in sources}
     for side in block_sizes(block, size):
-        blocks = annotated_blocks(masks, side, size)
+        blocks = annotated_blocks(sources, side, size)
         named = {}
         for blk in blocks:
             crs, transform = grids[blk.ortho]
@@ -235,31 +296,55 @@ def cut_tiles(
             f"tiles.size={size}, tiles.overlap={overlap}, tiles.block={block}: "
             "need 0 <= overlap < size <= block."
         )
+    with bounded_cache():
+        return _cut_tiles(
+            orthos_dir, masks_dir, out_dir, size=size, overlap=overlap, block=block, split=split,
+            min_annotated=min_annotated, classes=classes, seed=seed, fill=fill, areas=areas,
+        )  # fmt: skip
+
+
+def _cut_tiles(
+    orthos_dir: Path,
+    masks_dir: Path,
+    out_dir: Path,
+    *,
+    size: int,
+    overlap: int,
+    block: int,
+    split: Mapping[str, float],
+    min_annotated: float,
+    classes: Sequence[str],
+    seed: int,
+    fill: Fill | None,
+    areas: Mapping[str, Any] | None,
+) -> dict[str, object]:
+    """:func:`cut_tiles` once its settings are checked (in a bounded GDAL cache)."""
     orthos = list_orthos(orthos_dir)
     named_areas = SplitAreas.from_setting(areas, orthos)
-    masks, bands, band_names, grids = {}, None, None, {}
+    sources, bands, band_names = [], None, None
     dtype: str | None = None
     for path in orthos:
+        src = OrthoMask.check(path, masks_dir / f"{path.stem}.tif", fill)
+        if bands is not None and len(src.bands) != bands:
+            raise IlotsError(
+                f"orthophoto {path} has {len(src.bands)} data bands but {orthos[0]} has {bands}: "
+                "all orthophotos of one project need the same bands."
+            )
+        bands = len(src.bands)
         with open_georaster(path) as ortho:
-            mask_path = masks_dir / f"{path.stem}.tif"
-            mask = read_mask(mask_path, ortho)
-            data, alpha = data_bands(ortho)  # an alpha band is no data band: it masks
-            mask[~valid_mask(ortho, bands=data, alpha=alpha, fill=fill)] = NODATA  # nothing to learn
-            if bands is not None and len(data) != bands:
-                raise IlotsError(
-                    f"orthophoto {path} has {len(data)} data bands but {orthos[0]} has {bands}: "
-                    "all orthophotos of one project need the same bands."
-                )
-            bands = len(data)
-            band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in data]
-            dtype = ortho.dtypes[data[0] - 1]  # recorded in the model bundle: the scale it expects
-            grids[path] = (ortho.crs, ortho.transform)
-        masks[path] = mask
-    named_areas.check_annotated(masks, grids)
-    used_block, annotated, named = sized_blocks(masks, grids, named_areas, block, size)
+            band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in src.bands]
+            dtype = ortho.dtypes[src.bands[0] - 1]  # recorded in the model bundle: the scale it expects
+        sources.append(src)
+    if named_areas.splits:
+        named_areas.check_annotated(
+            lambda: ((src.ortho, src.crs, *piece) for src in sources for piece in src.windows())
+        )
+    used_block, annotated, named = sized_blocks(sources, named_areas, block, size)
     splits = assign_splits(list(annotated), split, seed, named)
     with atomic_path(out_dir) as tmp:
-        chips = write_chips(tmp, splits, masks, size, size - overlap, min_annotated)
+        chips = write_chips(
+            tmp, splits, {src.ortho: src for src in sources}, size, size - overlap, min_annotated
+        )
         counts = {s: sum(c["split"] == s for c in chips) for s in SPLITS}
         for name, n in counts.items():
             if n == 0:
@@ -304,7 +389,7 @@ def cut_tiles(
 def write_chips(
     out: Path,
     splits: Mapping[Block, str],
-    masks: Mapping[Path, np.ndarray],
+    sources: Mapping[Path, OrthoMask],
     size: int,
     stride: int,
     min_annotated: float,
@@ -312,14 +397,17 @@ def write_chips(
     """Write the chips of every assigned block; return their index entries."""
     chips: list[dict[str, object]] = []
     for split_name in SPLITS:
-        (out / split_name).mkdir(parents=True)
+        try:
+            (out / split_name).mkdir(parents=True)
+        except OSError as exc:
+            raise write_failure(out / split_name, exc) from exc
     for path in sorted({b.ortho for b in splits}):
-        with open_georaster(path) as ortho:
-            data = data_bands(ortho)[0]
+        src = sources[path]
+        with src.opened() as (ortho, mask_ds):
             for blk in (b for b in splits if b.ortho == path):
                 for row in chip_offsets(blk.row_off, blk.height, size, stride):
                     for col in chip_offsets(blk.col_off, blk.width, size, stride):
-                        image, mask = read_chip(ortho, data, masks[path], row, col, size)
+                        image, mask = read_chip(src, ortho, mask_ds, row, col, size)
                         annotated = float((mask != NODATA).mean())
                         if annotated < max(min_annotated, 1e-9):
                             continue
@@ -343,14 +431,16 @@ def write_chips(
 
 
 def read_chip(
-    ortho: rasterio.DatasetReader, bands: list[int], mask: np.ndarray, row: int, col: int, size: int
+    src: OrthoMask, ortho: DatasetReader, mask: DatasetReader, row: int, col: int, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The image (data ``bands``) and mask of one chip; beyond the edge of an orthophoto smaller
+    """The image (data bands) and mask of one chip; beyond the edge of an orthophoto smaller
     than a chip, the image is padded with its nodata value (0 without one) and the mask with 255
     (not annotated)."""
     height, width = min(size, ortho.height - row), min(size, ortho.width - col)
-    image = ortho.read(bands, window=Window(col, row, width, height))
-    labels = mask[row : row + height, col : col + width]
+    window = Window(col, row, width, height)
+    with read_check(src.ortho):
+        image = ortho.read(src.bands, window=window)
+    labels = src.labels(ortho, mask, window)
     if (height, width) != (size, size):
         pad = ((0, size - height), (0, size - width))
         fill = ortho.nodata if ortho.nodata is not None else 0
