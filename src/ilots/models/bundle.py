@@ -150,7 +150,7 @@ class Segmenter:
     def to(self, device: str | torch.device) -> Segmenter:
         """Move the network to a device (``cpu``, ``cuda``)."""
         self.device = torch.device(device)
-        self.net.to(self.device, memory_format=torch.channels_last)
+        self.net.to(self.device).to(memory_format=torch.channels_last)
         self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
         return self
 
