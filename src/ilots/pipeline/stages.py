@@ -182,13 +182,15 @@ def train_run(root: Path, cfg: DictConfig) -> dict[str, Any]:
 
 @command("evaluate", "score the trained model on the test chips: metrics JSON + confusion plot.")
 def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
-    from ilots.tracking.pyfunc import load_segmenter
     from ilots.tracking.store import setup_mlflow
-    from ilots.training.evaluate import evaluate as evaluate_model
 
     root = project_root()
-    setup_mlflow(cfg.logger.tracking_uri, root)
+    setup_mlflow(cfg.logger.tracking_uri, root)  # a server down is reported before torch loads
     run = train_run(root, cfg)
+
+    from ilots.tracking.pyfunc import load_segmenter
+    from ilots.training.evaluate import evaluate as evaluate_model
+
     return evaluate_model(
         load_segmenter(run["model_uri"]),
         resolve_path(root, cfg.tiles.out),

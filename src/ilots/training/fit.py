@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -194,6 +195,7 @@ def fit(
         why = interruption(exc)
         if why is None:
             raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here
         if run_id is not None and trainer.global_rank == 0:
             end_interrupted_run(client, run_id, why)
         raise KeyboardInterrupt(why) from None
