@@ -21,6 +21,12 @@ from ilots.core.errors import IlotsError
 LOCK_NAME = ".lock"
 
 
+def is_first_process() -> bool:
+    """Whether this is the first process of a job (under DDP, Lightning's launcher starts the others
+    with LOCAL_RANK set, torchrun sets RANK): only the first takes a folder's lock."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
+
+
 def _holder(fd: int) -> str:
     """``pid 1234 on host, since 14:05:09`` from the lock file, or ``another process``."""
     try:

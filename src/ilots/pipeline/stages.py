@@ -129,11 +129,12 @@ def sweep(overrides: Sequence[str]) -> list[list[str]]:
 def before_training(cfg: DictConfig) -> None:
     """What refuses a training in seconds, before torch loads: a remote tracking server that does
     not answer, another training writing into the same experiments folder."""
-    from ilots.core.locks import check_unlocked
+    from ilots.core.locks import check_unlocked, is_first_process
     from ilots.tracking.server import check_tracking_server
 
     check_tracking_server(str(cfg.logger.tracking_uri or ""))
-    check_unlocked(resolve_path(project_root(), cfg.paths.experiments) / "train", "training")
+    if is_first_process():  # DDP's other processes run while the first holds the lock
+        check_unlocked(resolve_path(project_root(), cfg.paths.experiments) / "train", "training")
 
 
 def _multirun_argument(p: argparse.ArgumentParser) -> None:

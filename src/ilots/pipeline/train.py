@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ilots.core.errors import IlotsError
-from ilots.core.locks import folder_lock
+from ilots.core.locks import folder_lock, is_first_process
 from ilots.core.paths import project_root, resolve_path
 from ilots.data.chips import ChipDataModule
 from ilots.models.losses import auto_class_weights
@@ -24,7 +24,7 @@ from ilots.models.module import SegmentationModule
 from ilots.models.nets import build_net
 from ilots.pipeline.config import build, to_dict
 from ilots.tracking.store import redact, run_name, setup_mlflow
-from ilots.training.fit import FitSettings, fit, is_main_process
+from ilots.training.fit import FitSettings, fit
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     root = project_root()
     experiments = resolve_path(root, cfg.paths.experiments)
-    lock = folder_lock(experiments / "train", "training") if is_main_process() else contextlib.nullcontext()
+    lock = folder_lock(experiments / "train", "training") if is_first_process() else contextlib.nullcontext()
     with lock:
         return _train(cfg, root, experiments)
 

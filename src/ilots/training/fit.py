@@ -10,7 +10,6 @@ from the configuration.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import read_json, write_json
+from ilots.core.locks import is_first_process
 from ilots.data.chips import ChipDataModule
 from ilots.models.bundle import Segmenter, make_meta
 from ilots.models.module import SegmentationModule
@@ -124,12 +124,6 @@ def make_trainer(
     )
 
 
-def is_main_process() -> bool:
-    """Whether this is the first process of a training (under DDP, Lightning's launcher starts the
-    others with LOCAL_RANK set; torchrun sets RANK)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
-
-
 def checkpoints(dirpath: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """The best checkpoint (``best.ckpt``, rewritten when val mIoU improves) and the last one
     (``last.ckpt``, rewritten after every epoch's validation, which ``train.resume`` continues from:
@@ -170,7 +164,7 @@ def fit(
     out_dir = settings.experiments / "train"
     ckpt_path, resumed_run = resume_checkpoint(settings.resume, settings.experiments / "checkpoints")
     client = mlflow.MlflowClient()
-    if is_main_process():
+    if is_first_process():
         end_abandoned_runs(client, settings.experiment_name)
         if resumed_run is not None:
             claim_run(client, resumed_run)
