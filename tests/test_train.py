@@ -241,3 +241,35 @@ def test_ctrl_c_ends_the_run_killed_and_resume_continues_from_the_last_epoch_not
     assert started == [2]  # epochs 0 and 1 are not trained again
     assert resumed["run_id"] == folder.name
     assert mlflow.MlflowClient().get_run(folder.name).info.status == "FINISHED"
+
+
+def test_sigterm_ends_the_run_killed(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import lightning as L
+    import mlflow
+
+    import ilots.training.fit as train_module
+    from ilots.pipeline.train import train
+
+    class TermInFirstEpoch(L.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a cluster's scheduler sends it
+
+    make_trainer = train_module.make_trainer
+
+    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
+        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.insert(0, TermInFirstEpoch())
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            train(compose([*QUICK, "trainer.max_epochs=2"]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (run,) = mlflow.search_runs(experiment_names=["ilots"], output_format="list")
+    assert run.info.status == "KILLED" and "interrupted (SIGTERM)" in run.data.tags["ilots.note"]

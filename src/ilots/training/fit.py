@@ -139,10 +139,10 @@ def interruption(exc: BaseException) -> str | None:
     """``Ctrl-C`` or ``SIGTERM`` when ``exc`` ended a fit because the user or the system stopped it."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    if isinstance(exc, SIGTERMException):  # a SystemExit: checked first
+        return "SIGTERM"
     if isinstance(exc, KeyboardInterrupt | SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
         return "Ctrl-C"
-    if isinstance(exc, SIGTERMException):
-        return "SIGTERM"
     return None
 
 
