@@ -58,3 +58,23 @@ def test_a_folder_lock_refuses_a_second_holder_and_is_released_with_its_process(
     check_unlocked(folder, "training")
     with folder_lock(folder, "training"):
         pass
+
+
+def test_tracking_credentials_never_reach_mlflow_params_nor_messages(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ilots.pipeline.cli import main
+    from ilots.pipeline.config import compose
+    from ilots.pipeline.train import public_config
+    from ilots.training.fit import flatten
+
+    uri = "http://alice:pw-4f1c@127.0.0.1:9/"
+    params = flatten(public_config(compose([f"logger.tracking_uri={uri}"])))
+    assert params["logger.tracking_uri"] == "http://***@127.0.0.1:9/"
+    assert not any("pw-4f1c" in str(v) for v in params.values())
+    assert main(["train", f"logger.tracking_uri={uri}"]) == 2  # nothing listens on port 9
+    err = capsys.readouterr().err
+    assert "http://***@127.0.0.1:9" in err and "logger.tracking_uri" in err and "pw-4f1c" not in err
+    assert main(["train", f"logger.tracking_ur={uri}"]) == 2  # a typo echoes the override
+    err = capsys.readouterr().err
+    assert "logger.tracking_ur=" in err and "pw-4f1c" not in err
