@@ -72,7 +72,10 @@ def test_stale_params_yaml_is_refused_outside_experiments(
     assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs > 0
     conf = tmp_path / "conf" / "trainer" / "cpu.yaml"
     conf.write_text(conf.read_text().replace("max_epochs: 12", "max_epochs: 13"))
-    with pytest.raises(IlotsError, match=r"disagrees with conf/: run `ilots params`"):
+    with pytest.raises(
+        IlotsError,
+        match=r"disagrees with conf/ at .*trainer\.max_epochs \(12 in params\.yaml, 13 in conf/\)",
+    ):
         load_params(tmp_path / "params.yaml", root=tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # inside `dvc exp run`, DVC composed params.yaml itself
     assert load_params(tmp_path / "params.yaml", root=tmp_path).trainer.max_epochs == 12
@@ -101,3 +104,54 @@ def test_outside_a_project_commands_get_ilots_own_conf_defaults(
     assert root == tmp_path
     assert cfg.labeling.tile_size == written["labeling"]["tile_size"]
     assert cfg.labeling.title == written["labeling"]["title"] and cfg.labeling.storage == "local-files"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        f"{d.name}={p.stem}"
+        for d in sorted((REPO / "conf").iterdir())
+        if d.is_dir()
+        for p in sorted(d.glob("*.yaml"))
+    ],
+)
+def test_every_shipped_option_and_preset_passes_the_schema(option: str) -> None:
+    from ilots.pipeline.config import to_dict
+    from ilots.pipeline.schema import validate
+
+    validate(to_dict(compose([option], root=REPO)))  # compose validates too; this says what is checked
+
+
+def test_schema_refuses_in_well_under_a_second_naming_key_value_and_expectation() -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(
+        IlotsError, match=r"trainer\.max_epochs='abc' is not valid: expected a whole number >= 1"
+    ):
+        compose(["trainer.max_epochs=abc"], root=REPO)
+    assert time.monotonic() - start < 5  # generous: the sentence comes before any training work
+    with pytest.raises(IlotsError, match=r"labels\.priorty .*did you mean labels\.priority\?"):
+        compose(["+labels.priorty=[tree]"], root=REPO)
+    # a + adds keys where ilots passes them on: a network's keyword arguments, a Lightning argument
+    assert (
+        compose(["+model.in_channels=3", "+trainer.gradient_clip_val=1.0"], root=REPO).model.in_channels == 3
+    )
+
+
+def test_params_written_with_overrides_is_what_the_stages_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert write_params(tmp_path / "params.yaml", ["experiment=tiny"], root=tmp_path)
+    assert load_params(tmp_path / "params.yaml", root=tmp_path).tiles.size == 64  # accepted, tiny
+    assert not write_params(tmp_path / "params.yaml", ["experiment=tiny"], root=tmp_path)
+    conf = tmp_path / "conf" / "experiment" / "tiny.yaml"
+    conf.write_text(conf.read_text().replace("size: 64", "size: 96"))
+    with pytest.raises(
+        IlotsError, match=r"tiles\.size \(64 in params\.yaml, 96 in conf/\).*`ilots params experiment=tiny`"
+    ):
+        load_params(tmp_path / "params.yaml", root=tmp_path)

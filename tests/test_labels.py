@@ -493,7 +493,8 @@ def test_a_url_that_is_not_label_studio_is_a_clear_error(
     with pytest.raises(IlotsError, match="did not answer as Label Studio") as info:
         pull_export(url, KEY, 3, dest)
     assert KEY not in str(info.value)
-    assert handler.paths[0].startswith("/api/projects/3/")
+    assert handler.paths[0] == "/health"  # asked first, within ILOTS_CONNECT_TIMEOUT
+    assert handler.paths[1].startswith("/api/projects/3/")
     assert dest.read_text() == "previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["export.json"]
 

@@ -199,3 +199,77 @@ def test_two_trainings_get_different_names_saying_what_was_trained(project: Path
     assert re.fullmatch(r"unet-resnet18-ce-\d{8}-\d{6}-[0-9a-f]{4}", names[0]), names
     assert re.fullmatch(r"unet-resnet18-ce_dice-\d{8}-\d{6}-[0-9a-f]{4}", names[1]), names
     assert names[0].removeprefix("unet-resnet18-ce-") != names[1].removeprefix("unet-resnet18-ce_dice-")
+
+
+def test_ctrl_c_ends_the_run_killed_and_resume_continues_from_the_last_epoch_not_the_best(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning as L
+    import mlflow
+
+    import ilots.training.fit as train_module
+    from ilots.pipeline.train import train
+
+    # a learning rate too small to change a prediction: validation never improves after epoch 0
+    overrides = [*QUICK, "trainer.max_epochs=3", "optimizer.lr=1e-12", "scheduler=none"]
+    started: list[int] = []
+
+    class CtrlCAfterSecondEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            started.append(trainer.current_epoch)
+            if trainer.current_epoch == 2 and not trainer.ckpt_path:
+                raise KeyboardInterrupt
+
+    make_trainer = train_module.make_trainer
+
+    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
+        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.insert(0, CtrlCAfterSecondEpoch())
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(overrides))
+    (folder,) = (project / "experiments" / "checkpoints").iterdir()
+    run = mlflow.MlflowClient().get_run(folder.name)
+    assert run.info.status == "KILLED" and "interrupted (Ctrl-C)" in run.data.tags["ilots.note"]
+    assert torch.load(folder / "best.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
+
+    started.clear()
+    resumed = train(compose([*overrides, "train.resume=last"]))
+    assert started == [2]  # epochs 0 and 1 are not trained again
+    assert resumed["run_id"] == folder.name
+    assert mlflow.MlflowClient().get_run(folder.name).info.status == "FINISHED"
+
+
+def test_sigterm_ends_the_run_killed(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import lightning as L
+    import mlflow
+
+    import ilots.training.fit as train_module
+    from ilots.pipeline.train import train
+
+    class TermInFirstEpoch(L.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a cluster's scheduler sends it
+
+    make_trainer = train_module.make_trainer
+
+    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
+        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.insert(0, TermInFirstEpoch())
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            train(compose([*QUICK, "trainer.max_epochs=2"]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (run,) = mlflow.search_runs(experiment_names=["ilots"], output_format="list")
+    assert run.info.status == "KILLED" and "interrupted (SIGTERM)" in run.data.tags["ilots.note"]

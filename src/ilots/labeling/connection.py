@@ -1,8 +1,11 @@
 """Talking to a Label Studio server: settings from the environment, bounded retries, clear errors.
 
-Every call to the server goes through :meth:`Connection.call`, which retries connection failures
-and gateway errors (502, 503, 504) with exponential backoff, then raises an
-:class:`~ilots.core.errors.IlotsError` of one sentence. The API key never appears in a message.
+:meth:`Connection.check_answers` asks ``GET /health`` first, within ``ILOTS_CONNECT_TIMEOUT``
+(5 s): a server that accepts connections but never answers fails in seconds. Each later request
+waits at most ``ILOTS_LABEL_STUDIO_TIMEOUT`` (60 s). Every call to the server goes through
+:meth:`Connection.call`, which retries connection failures and gateway errors (502, 503, 504)
+with exponential backoff, then raises an :class:`~ilots.core.errors.IlotsError` of one sentence.
+The API key never appears in a message.
 
 Two kinds of key work, as in Label Studio's own SDK: a legacy token (sent as ``Token <key>``) and a
 personal access token, a JWT refresh token that is exchanged at ``/api/token/refresh/`` for a
@@ -24,11 +27,13 @@ from typing import Any, TypeVar
 import httpx
 
 from ilots.core.errors import IlotsError
+from ilots.core.timeouts import CONNECT_TIMEOUT_ENV, connect_timeout, seconds_from_env
 
 log = logging.getLogger(__name__)
 
 URL_ENV = "LABEL_STUDIO_URL"
 KEY_ENV = "LABEL_STUDIO_API_KEY"
+TIMEOUT_ENV = "ILOTS_LABEL_STUDIO_TIMEOUT"  # each request (the first: ILOTS_CONNECT_TIMEOUT)
 
 TRIES = 4
 BACKOFF_S = 0.5
@@ -59,7 +64,8 @@ class Connection:
     api_key: str
     tries: int = TRIES
     backoff_s: float = BACKOFF_S
-    timeout_s: float = TIMEOUT_S
+    timeout_s: float = field(default_factory=lambda: seconds_from_env(TIMEOUT_ENV, TIMEOUT_S))
+    connect_timeout_s: float = field(default_factory=connect_timeout)
     _http: httpx.Client = field(init=False, repr=False)
     _access: str | None = field(init=False, repr=False, default=None)
 
@@ -85,6 +91,27 @@ class Connection:
                 raise _HTTPStatus(401, {"detail": "no access token in the refresh answer"})
             self._access = access
         return f"Bearer {self._access}"
+
+    def check_answers(self) -> None:
+        """Ask ``GET /health`` once, within ``connect_timeout_s``: a server that accepts connections
+        but does not answer is one sentence in seconds, not minutes of retried requests. A refused
+        connection is retried as every call is (the server may be starting).
+
+        Raises:
+            IlotsError: the server did not answer, naming its URL and the setting to change.
+        """
+
+        def health() -> None:
+            try:
+                self._http.get(f"{self.url}/health", timeout=self.connect_timeout_s)
+            except httpx.TimeoutException as exc:
+                raise self._error(
+                    f"the Label Studio server at {self.url} did not answer within "
+                    f"{self.connect_timeout_s:g} s ({type(exc).__name__}): check that Label Studio runs "
+                    f"there and answers, fix {URL_ENV}, or raise {CONNECT_TIMEOUT_ENV}."
+                ) from None
+
+        self.call(health, "check that it answers")
 
     def close(self) -> None:
         self._http.close()
@@ -128,8 +155,9 @@ class Connection:
                     continue
                 raise self._api_error(exc, what) from None
         raise self._error(
-            f"the Label Studio server at {self.url} did not answer after {self.tries} tries ({reason}) "
-            f"while trying to {what}: start it (label-studio start) or check {URL_ENV}."
+            f"the Label Studio server at {self.url} did not answer after {self.tries} tries ({reason}, "
+            f"{self.timeout_s:g} s each at most) while trying to {what}: start it (label-studio start), "
+            f"check {URL_ENV}, or raise {TIMEOUT_ENV}."
         )
 
     def _api_error(self, exc: Exception, what: str) -> IlotsError:

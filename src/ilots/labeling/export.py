@@ -49,6 +49,7 @@ def pull_export(url: str, api_key: str, project_id: int, dest: Path, *, page_siz
     annotated: set[int] = set()
     try:
         with Connection(url, api_key) as conn, tempfile.TemporaryFile() as spool:
+            conn.check_answers()
             project = conn.call(
                 lambda: conn.get(f"/api/projects/{project_id}/"), f"read project {project_id}"
             )

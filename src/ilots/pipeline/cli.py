@@ -122,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = cmd.run(args, configuration(cmd, args))
     except IlotsError as exc:
-        print(f"ilots {cmd.name}: error: {exc}", file=sys.stderr)
+        from ilots.tracking.server import redact
+
+        # a URL's user:password@ never reaches the terminal, whichever message echoes it
+        print(f"ilots {cmd.name}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ilots {cmd.name}: interrupted; outputs left as they were.", file=sys.stderr)

@@ -8,11 +8,18 @@ Two ways in, one schema:
   outside an experiment the stages refuse a ``params.yaml`` that disagrees with ``conf/``:
   run ``ilots params`` (``make params``) after editing ``conf/``.
 
-Both are struct-mode: an unknown key is an error naming it, not a silent default.
+Both are struct-mode and checked against :mod:`ilots.pipeline.schema` before any work: an unknown
+key is an error naming it (with the closest known key), not a silent default, and a value of the
+wrong type or range an error naming the key, the value and what is expected.
+
+``ilots params key=value ...`` records its overrides on the first line of ``params.yaml``; the
+stages then compare it with ``conf/`` composed with the same overrides, so ``dvc repro`` runs them.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,55 +34,213 @@ from ilots.core.paths import CONFIG_NAME, project_root
 from ilots.core.rasters import Fill
 
 
+def groups(conf_dir: Path) -> dict[str, list[str]]:
+    """The config groups of ``conf_dir`` (``model``, ``experiment``...) and their options."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(conf_dir.iterdir())
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }
+
+
+def check_overrides(overrides: Sequence[str], conf_dir: Path, params: Path | None = None) -> None:
+    """Refuse, before composing, an override naming an unknown group option or an unknown key.
+
+    A ``+key=value`` adds a key: only a setting ilots knows (absent from the defaults, e.g. a
+    Lightning Trainer argument) or a key of a free section (a network's keyword arguments) may be
+    added. With ``params`` (overrides on top of a ``params.yaml``) a group cannot be swapped.
+    """
+    from ilots.pipeline.schema import is_free, is_known, suggestion
+
+    options = groups(conf_dir)
+    for item in overrides:
+        head, sep, value = item.partition("=")
+        key = head.lstrip("+~")
+        if not sep and not head.startswith("~"):
+            raise IlotsError(f"override {item!r} is not key=value: write it as key=value.")
+        if key.split(".", 1)[0] == "hydra":  # Hydra's own settings (hydra.run.dir=...)
+            continue
+        if key in options:
+            if params is not None:
+                raise IlotsError(
+                    f"{item}: a config group cannot be swapped on top of {params.name}; drop --params "
+                    f"(`ilots <stage> {item}`) or run `dvc exp run -S {item}`."
+                )
+            if value not in options[key] and value != "null":
+                close = difflib.get_close_matches(value, options[key], n=1)
+                hint = f" (did you mean {key}={close[0]}?)" if close else ""
+                raise IlotsError(
+                    f"{item}: conf/{key}/ has no {value}.yaml{hint}; choose one of {', '.join(options[key])}."
+                )
+            continue
+        if is_known(key):
+            continue
+        if head.startswith("+") and not is_free(key):
+            raise IlotsError(
+                f"{item}: {key} is not a setting ilots knows{suggestion(key)}, and a + adds a new key "
+                f"only under {', '.join(FREE_SHOWN)}; fix the key."
+            )
+        if not is_free(key):
+            raise IlotsError(f"{item}: {key} is not a setting ilots knows{suggestion(key)}; fix the key.")
+
+
+FREE_SHOWN = ("model.*", "loss.*", "optimizer.*", "scheduler.*", "labels.merge.*")
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra or OmegaConf error as one line (their messages span several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("full_key:", "object_type=", "Available"))]
+    return " ".join(lines)[:400]
+
+
 def compose(
     overrides: Sequence[str] = (), root: Path | None = None, conf_dir: Path | None = None
 ) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides, resolved and in struct mode."""
+    """Compose ``conf/config.yaml`` with Hydra overrides, resolved, validated, in struct mode.
+
+    Raises:
+        IlotsError: an unknown group option or key, a value outside its rule
+            (:mod:`ilots.pipeline.schema`), or a configuration Hydra cannot compose.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    conf_dir = conf_dir or (root or project_root()) / "conf"
+    from ilots.pipeline.schema import validate
+
+    conf_dir = (conf_dir or (root or project_root()) / "conf").resolve()
+    check_overrides(overrides, conf_dir)
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise IlotsError(
-            f"configuration error in {conf_dir} with overrides {list(overrides)}: {exc}"
-        ) from exc
+        shown = f" with overrides {' '.join(overrides)}" if overrides else ""
+        raise IlotsError(f"configuration error in {conf_dir}{shown}: {one_line(exc)}") from None
+    validate(to_dict(cfg))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+# The first line of a params.yaml written by `ilots params key=value ...`: the overrides it was
+# composed with, so that the stages check it against conf/ composed with the same overrides.
+HEADER = "# ilots params overrides: "
+
+
+def header_overrides(text: str) -> list[str]:
+    """The overrides recorded on the first line of a ``params.yaml`` (none: ``[]``)."""
+    first = text.split("\n", 1)[0]
+    if not first.startswith(HEADER):
+        return []
+    try:
+        words = json.loads(first[len(HEADER) :])
+    except ValueError:
+        return []
+    return [str(w) for w in words] if isinstance(words, list) else []
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and empty mappings are values)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}."))
+    return out
+
+
+def differences(ours: dict[Any, Any], theirs: dict[Any, Any], limit: int = 3) -> list[str]:
+    """``key (A in params.yaml, B in conf/)`` for the first keys where the two configs differ."""
+    a, b = flat(ours), flat(theirs)
+    keys = [k for k in b if a.get(k, _MISSING) != b[k]] + [k for k in a if k not in b]
+    words = []
+    for key in keys[:limit]:
+        mine = "missing" if key not in a else repr(a[key])
+        conf = "missing" if key not in b else repr(b[key])
+        words.append(f"{key} ({mine} in params.yaml, {conf} in conf/)")
+    if len(keys) > limit:
+        words.append(f"{len(keys) - limit} more")
+    return words
+
+
+_MISSING = object()
+
+
+def read_params_file(params_path: Path) -> tuple[DictConfig, list[str]]:
+    """A ``params.yaml`` and the overrides its first line records; one sentence if unreadable."""
+    import yaml
+
+    if not params_path.is_file():
+        raise IlotsError(f"params file {params_path} does not exist: run `ilots params` to write it.")
+    text = params_path.read_text(encoding="utf-8")
+    try:
+        cfg = OmegaConf.create(yaml.safe_load(text) if text.strip() else None)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise IlotsError(
+            f"params file {params_path} is not valid YAML ({problem}{at}): run `ilots params` to rewrite it."
+        ) from None
+    except OmegaConfBaseException as exc:
+        raise IlotsError(
+            f"params file {params_path} cannot be read ({one_line(exc)}): run `ilots params` to rewrite it."
+        ) from None
+    if not isinstance(cfg, DictConfig):
+        raise IlotsError(f"params file {params_path} is not a mapping: run `ilots params` to rewrite it.")
+    return cfg, header_overrides(text)
 
 
 def load_params(
     params_path: Path, overrides: Sequence[str] = (), root: Path | None = None, check_sync: bool = True
 ) -> DictConfig:
     """Load a composed ``params.yaml``, check it agrees with ``conf/``, apply ``key=value`` overrides."""
+    from ilots.pipeline.schema import is_free, validate
+
     root = root or project_root()
-    if not params_path.is_file():
-        raise IlotsError(f"params file {params_path} does not exist: run `ilots params` to write it.")
-    cfg = OmegaConf.load(params_path)
-    if not isinstance(cfg, DictConfig):
-        raise IlotsError(f"params file {params_path} is not a mapping: run `ilots params` to rewrite it.")
+    cfg, recorded = read_params_file(params_path)
+    check_overrides(overrides, root / "conf", params=params_path)
     if check_sync and not os.environ.get("DVC_EXP_NAME"):
-        expected = compose(root=root)
-        if OmegaConf.to_container(expected) != OmegaConf.to_container(cfg, resolve=True):
+        expected = compose(recorded, root=root)
+        try:
+            ours = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as exc:
+            raise IlotsError(f"configuration error in {params_path}: {one_line(exc)}") from None
+        theirs = OmegaConf.to_container(expected)
+        if theirs != ours:
+            assert isinstance(ours, dict) and isinstance(theirs, dict)
+            how = (
+                f"`{' '.join(['ilots params', *recorded])}`"
+                if recorded
+                else "`ilots params` (or `make params`)"
+            )
             raise IlotsError(
-                f"{params_path} disagrees with conf/: run `ilots params` (or `make params`) to rewrite it "
-                "from conf/, or use `dvc exp run -S key=value` for an experiment."
+                f"{params_path} disagrees with conf/ at {', '.join(differences(ours, theirs))}: run {how} "
+                "to rewrite it from conf/, or use `dvc exp run -S key=value` for an experiment."
             )
     OmegaConf.set_struct(cfg, True)
     try:
         for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise IlotsError(f"override {item!r} is not key=value.")
-            OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.create({"v": value})["v"], merge=True)
+            head, _, value = item.partition("=")
+            key = head.lstrip("+")
+            new = _yaml_value(value)
+            OmegaConf.update(cfg, key, new, merge=True, force_add=head.startswith("+") or is_free(key))
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
-        raise IlotsError(f"configuration error in {params_path}: {exc}") from exc
+        raise IlotsError(f"configuration error in {params_path}: {one_line(exc)}") from None
+    validate(to_dict(cfg), f" in {params_path.name}")
     return cfg
+
+
+def _yaml_value(text: str) -> Any:
+    """An override's value as YAML reads it (``3`` a number, ``[a, b]`` a list), else the text."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def stage_config(params: str | None, overrides: Sequence[str]) -> DictConfig:
@@ -87,8 +252,14 @@ def stage_config(params: str | None, overrides: Sequence[str]) -> DictConfig:
 
 
 def write_params(dest: Path, overrides: Sequence[str] = (), root: Path | None = None) -> bool:
-    """Write the composed configuration to ``dest`` (``params.yaml``); return whether it changed."""
+    """Write the composed configuration to ``dest`` (``params.yaml``); return whether it changed.
+
+    With overrides, the first line records them (:data:`HEADER`): the stages then check the file
+    against ``conf/`` composed with the same overrides, and ``dvc repro`` runs that configuration.
+    """
     text = OmegaConf.to_yaml(compose(overrides, root))
+    if overrides:
+        text = HEADER + json.dumps(list(overrides)) + "\n" + text
     if dest.is_file() and dest.read_text(encoding="utf-8") == text:
         return False
     with atomic_path(dest) as tmp:

@@ -23,7 +23,13 @@ from ilots.pipeline.config import imagery_fill, project_root_or_cwd
 
 def _connect() -> Connection:
     url, key = settings_from_env()
-    return Connection(url, key)
+    conn = Connection(url, key)
+    try:
+        conn.check_answers()
+    except IlotsError:
+        conn.close()
+        raise
+    return conn
 
 
 def _given(value: Any, default: Any) -> Any:

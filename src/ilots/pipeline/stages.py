@@ -126,6 +126,17 @@ def sweep(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
+def before_training(cfg: DictConfig) -> None:
+    """What refuses a training in seconds, before torch loads: a remote tracking server that does
+    not answer, another training writing into the same experiments folder."""
+    from ilots.core.locks import check_unlocked, is_first_process
+    from ilots.tracking.server import check_tracking_server
+
+    check_tracking_server(str(cfg.logger.tracking_uri or ""))
+    if is_first_process():  # DDP's other processes run while the first holds the lock
+        check_unlocked(resolve_path(project_root(), cfg.paths.experiments) / "train", "training")
+
+
 def _multirun_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--multirun", action="store_true", help="run every combination of a,b,c overrides")
 
@@ -138,17 +149,25 @@ def _multirun_argument(p: argparse.ArgumentParser) -> None:
 )
 def train(args: argparse.Namespace, cfg: DictConfig) -> Any:
     from ilots.pipeline.config import compose, stage_config
-    from ilots.pipeline.train import train as train_cfg
 
     if not args.multirun:
-        result = train_cfg(stage_config(args.params, args.overrides))
+        cfg = stage_config(args.params, args.overrides)
+        before_training(cfg)
+        from ilots.pipeline.train import train as train_cfg
+
+        result = train_cfg(cfg)
         return None if "rank" in result else result  # under DDP only rank 0 reports
     if args.params:
         raise IlotsError(
             "--multirun composes conf/: use it without --params (or sweep with `dvc exp run --queue`)."
         )
+    combos = sweep(args.overrides)
+    for combo in combos:
+        before_training(compose(combo))  # every combination is valid before the first trains
+    from ilots.pipeline.train import train as train_cfg
+
     results: list[dict[str, Any]] = []
-    for combo in sweep(args.overrides):
+    for combo in combos:
         log.info("multirun %d: %s", len(results) + 1, " ".join(combo))
         results.append({"overrides": combo, **train_cfg(compose(combo))})
     return results
@@ -164,13 +183,15 @@ def train_run(root: Path, cfg: DictConfig) -> dict[str, Any]:
 
 @command("evaluate", "score the trained model on the test chips: metrics JSON + confusion plot.")
 def evaluate(args: argparse.Namespace, cfg: DictConfig) -> dict[str, Any]:
-    from ilots.tracking.pyfunc import load_segmenter
     from ilots.tracking.store import setup_mlflow
-    from ilots.training.evaluate import evaluate as evaluate_model
 
     root = project_root()
-    setup_mlflow(cfg.logger.tracking_uri, root)
+    setup_mlflow(cfg.logger.tracking_uri, root)  # a server down is reported before torch loads
     run = train_run(root, cfg)
+
+    from ilots.tracking.pyfunc import load_segmenter
+    from ilots.training.evaluate import evaluate as evaluate_model
+
     return evaluate_model(
         load_segmenter(run["model_uri"]),
         resolve_path(root, cfg.tiles.out),
@@ -416,8 +437,11 @@ def summary(args: argparse.Namespace, cfg: DictConfig) -> None:
             f" {'now' if reg['promoted'] else 'not'} @{cfg.register.alias} when registered)"
         )
     if registrations:
-        setup_mlflow(cfg.logger.tracking_uri, root)
-        champion = _champion_line(str(cfg.register.model_name), str(cfg.register.alias))
+        try:
+            setup_mlflow(cfg.logger.tracking_uri, root)
+            champion = _champion_line(str(cfg.register.model_name), str(cfg.register.alias))
+        except IlotsError as exc:  # a server down: the rest of the summary still helps
+            champion = f"unknown: {redact(str(exc))}"
         lines.append(f"  champion        {champion}")
     out = resolve_path(root, cfg.predict.out)
     rasters = sorted(out.glob("*.tif")) if out.is_dir() else []

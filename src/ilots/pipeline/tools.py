@@ -18,7 +18,8 @@ def _params_arguments(p: argparse.ArgumentParser) -> None:
 
 @command(
     "params",
-    "write params.yaml from conf/ (after you edit conf/)",
+    "write params.yaml from conf/ (after you edit conf/); with key=value overrides, params.yaml "
+    "records them and the stages run with them",
     arguments=_params_arguments,
     config="none",
 )
@@ -28,7 +29,10 @@ def params(args: argparse.Namespace, cfg: DictConfig) -> None:
 
     root = project_root()
     changed = write_params(root / args.out, args.overrides, root)
-    print(f"{args.out} {'rewritten from conf/' if changed else 'already agrees with conf/'}")
+    source = f"conf/ with {' '.join(args.overrides)}" if args.overrides else "conf/"
+    print(f"{args.out} {'rewritten from' if changed else 'already agrees with'} {source}")
+    if args.overrides:
+        print(f"  (its first line records the overrides: the stages and `dvc repro` run {source})")
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ optimizer and a trainer, which :func:`ilots.training.fit.fit` fits and packages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ilots.core.errors import IlotsError
+from ilots.core.locks import folder_lock, is_first_process
 from ilots.core.paths import project_root, resolve_path
 from ilots.data.chips import ChipDataModule
 from ilots.models.losses import auto_class_weights
 from ilots.models.module import SegmentationModule
 from ilots.models.nets import build_net
 from ilots.pipeline.config import build, to_dict
-from ilots.tracking.store import run_name, setup_mlflow
+from ilots.tracking.store import redact, run_name, setup_mlflow
 from ilots.training.fit import FitSettings, fit
 
 log = logging.getLogger(__name__)
@@ -91,15 +93,35 @@ def build_datamodule(cfg: DictConfig, root: Path) -> ChipDataModule:
     return build(cfg.data, **paths, seed=int(cfg.seed))  # type: ignore[no-any-return]
 
 
+def public_config(cfg: DictConfig) -> dict[str, Any]:
+    """The configuration as MLflow records it: a tracking URI's credentials replaced by ``***``."""
+    tree = to_dict(cfg)
+    logger = tree.get("logger")
+    if isinstance(logger, dict) and logger.get("tracking_uri"):
+        logger["tracking_uri"] = redact(str(logger["tracking_uri"]))
+    return tree
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured segmenter on the tiles; log the run and the model to MLflow.
+
+    One training at a time writes into an experiments folder: a second one is refused with a
+    sentence naming the first's pid (:func:`ilots.core.locks.folder_lock` on experiments/train).
 
     Returns:
         ``{"run_id", "model_uri", "val_miou", ...}``, also written to experiments/train/run.json.
     """
+    root = project_root()
+    experiments = resolve_path(root, cfg.paths.experiments)
+    lock = folder_lock(experiments / "train", "training") if is_first_process() else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, root, experiments)
+
+
+def _train(cfg: DictConfig, root: Path, experiments: Path) -> dict[str, Any]:
     import lightning as L
 
-    root = project_root()
+    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
     L.seed_everything(int(cfg.seed), workers=True)
     datamodule = build_datamodule(cfg, root)
     if datamodule.classes != list(cfg.classes):
@@ -108,15 +130,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "rerun `ilots tiles`."
         )
     module, net_config = build_module(cfg, datamodule)
-    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
+    params = public_config(cfg)
     settings = FitSettings(
         root=root,
-        experiments=resolve_path(root, cfg.paths.experiments),
+        experiments=experiments,
         experiment_name=str(cfg.logger.experiment_name),
         run_name=train_run_name(cfg),
         trainer=to_dict(cfg.trainer),
-        params=to_dict(cfg),
-        config_text=OmegaConf.to_yaml(cfg),
+        params=params,
+        config_text=OmegaConf.to_yaml(OmegaConf.create(params)),
         resume=cfg.train.get("resume"),
         early_stopping_patience=int(cfg.train.early_stopping_patience),
         ignore_index=int(cfg.ignore_index),

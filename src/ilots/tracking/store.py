@@ -1,8 +1,9 @@
-"""MLflow tracking location: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store under experiments/."""
+"""MLflow tracking location: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store under experiments/.
+
+A remote server is checked before use (:mod:`ilots.tracking.server`)."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import time
@@ -11,21 +12,19 @@ from pathlib import Path
 import mlflow
 
 from ilots.core.paths import tracking_root
-
-
-def tracking_uri(configured: str, root: Path) -> str:
-    """The tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else an absolute SQLite URI."""
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    store = tracking_root(root) / "experiments" / "mlflow.db"
-    store.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store}"
+from ilots.tracking.server import bound_mlflow_waits, check_tracking_server
+from ilots.tracking.server import redact as redact
+from ilots.tracking.server import tracking_uri as tracking_uri
 
 
 def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None) -> str:
-    """Point MLflow at the tracking store (and experiment); return the URI."""
+    """Point MLflow at the tracking store (and experiment); return the URI.
+
+    A remote server is asked whether it answers first (seconds, see :mod:`.server`), and MLflow's
+    HTTP retries are bounded.
+    """
+    bound_mlflow_waits()
+    check_tracking_server(configured)
     uri = tracking_uri(configured, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -36,11 +35,6 @@ def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None
             mlflow.create_experiment(experiment_name, artifact_location=location)
         mlflow.set_experiment(experiment_name)
     return uri
-
-
-def redact(uri: str) -> str:
-    """A tracking URI fit for logs: any ``user:password@`` part replaced by ``***@``."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
 def check_registered(uri: str) -> None:

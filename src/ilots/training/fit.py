@@ -10,6 +10,7 @@ from the configuration.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ from lightning.pytorch.loggers import MLFlowLogger
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
 from ilots.core.files import read_json, write_json
+from ilots.core.locks import is_first_process
 from ilots.data.chips import ChipDataModule
 from ilots.models.bundle import Segmenter, make_meta
 from ilots.models.module import SegmentationModule
 from ilots.tracking.pyfunc import log_segmenter
+from ilots.tracking.runs import claim_run, end_abandoned_runs, end_interrupted_run, process_tags
 from ilots.training.evaluate import log_validation
 from ilots.training.figures import model_card
 
@@ -103,10 +106,10 @@ def resume_checkpoint(resume: str | None, checkpoints: Path) -> tuple[Path | Non
 
 
 def make_trainer(
-    settings: FitSettings, logger: MLFlowLogger, checkpoint: ModelCheckpoint, out_dir: Path
+    settings: FitSettings, logger: MLFlowLogger, checkpoints: list[ModelCheckpoint], out_dir: Path
 ) -> L.Trainer:
     """The Lightning trainer with checkpointing, early stopping and learning-rate logging."""
-    callbacks: list[L.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[L.Callback] = [*checkpoints, LearningRateMonitor(logging_interval="epoch")]
     if settings.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(monitor="val/miou", mode="max", patience=settings.early_stopping_patience)
@@ -121,6 +124,28 @@ def make_trainer(
     )
 
 
+def checkpoints(dirpath: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best checkpoint (``best.ckpt``, rewritten when val mIoU improves) and the last one
+    (``last.ckpt``, rewritten after every epoch's validation, which ``train.resume`` continues from:
+    Lightning's ``save_last`` alone rewrites it only when a best checkpoint is saved)."""
+    best = ModelCheckpoint(dirpath=dirpath, monitor="val/miou", mode="max", filename="best")
+    last = ModelCheckpoint(
+        dirpath=dirpath, monitor=None, save_top_k=1, filename="last", enable_version_counter=False
+    )
+    return best, last
+
+
+def interruption(exc: BaseException) -> str | None:
+    """``Ctrl-C`` or ``SIGTERM`` when ``exc`` ended a fit because the user or the system stopped it."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(exc, SIGTERMException):  # a SystemExit: checked first
+        return "SIGTERM"
+    if isinstance(exc, KeyboardInterrupt | SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
+        return "Ctrl-C"
+    return None
+
+
 def fit(
     module: SegmentationModule,
     datamodule: ChipDataModule,
@@ -129,12 +154,20 @@ def fit(
 ) -> dict[str, Any]:
     """Fit the module on the data; log the run and the model to the active MLflow tracking store.
 
+    Runs left RUNNING by a dead training process on this host are ended as KILLED first; an
+    interrupted fit (Ctrl-C, SIGTERM) ends its run as KILLED and raises KeyboardInterrupt.
+
     Returns:
         ``{"run_id", "model_uri", "val_miou", ...}``, also written to experiments/train/run.json;
         ``{"rank": r}`` on the DDP ranks other than 0.
     """
     out_dir = settings.experiments / "train"
     ckpt_path, resumed_run = resume_checkpoint(settings.resume, settings.experiments / "checkpoints")
+    client = mlflow.MlflowClient()
+    if is_first_process():
+        end_abandoned_runs(client, settings.experiment_name)
+        if resumed_run is not None:
+            claim_run(client, resumed_run)
     tags = {"git_commit": git_commit(settings.root), "dvc_data_md5": dvc_data_hash(settings.root)}
     mlflow_logger = MLFlowLogger(
         experiment_name=settings.experiment_name,
@@ -142,25 +175,28 @@ def fit(
         log_model=False,
         run_name=settings.run_name,
         run_id=resumed_run,
-        tags={**tags, "stage": "train"},
+        tags={**tags, "stage": "train", **process_tags()},
     )
     run_id = mlflow_logger.run_id
     if resumed_run is None:
         mlflow_logger.log_hyperparams(flatten(settings.params))
-    checkpoint = ModelCheckpoint(
-        # other DDP ranks have no run id: Lightning broadcasts rank 0's folder to them
-        dirpath=settings.experiments / "checkpoints" / (run_id or "rank0"),
-        monitor="val/miou",
-        mode="max",
-        save_last=True,
-        filename="best",
-    )
-    trainer = make_trainer(settings, mlflow_logger, checkpoint, out_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    # other DDP ranks have no run id: Lightning broadcasts rank 0's folder to them
+    best, last = checkpoints(settings.experiments / "checkpoints" / (run_id or "rank0"))
+    trainer = make_trainer(settings, mlflow_logger, [best, last], out_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except BaseException as exc:
+        why = interruption(exc)
+        if why is None:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here
+        if run_id is not None and trainer.global_rank == 0:
+            end_interrupted_run(client, run_id, why)
+        raise KeyboardInterrupt(why) from None
     if trainer.global_rank != 0:  # under DDP, rank 0 alone logs and packages the model
         return {"rank": trainer.global_rank}
     assert run_id is not None
-    return finish(module, datamodule, net_config, checkpoint, trainer, run_id, settings)
+    return finish(module, datamodule, net_config, best, last, trainer, run_id, settings)
 
 
 def finish(
@@ -168,12 +204,13 @@ def finish(
     datamodule: ChipDataModule,
     net_config: dict[str, Any],
     checkpoint: ModelCheckpoint,
+    last: ModelCheckpoint,
     trainer: L.Trainer,
     run_id: str,
     settings: FitSettings,
 ) -> dict[str, Any]:
     """Reload the best weights, log figures, model card and model; write run.json and metrics.json."""
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = checkpoint.best_model_path or last.best_model_path
     module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     best_score = (
         float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
