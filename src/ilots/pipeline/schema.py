@@ -210,6 +210,7 @@ SETTINGS: dict[str, Rule] = {
     "predict.device": Text(what="auto, cpu, cuda or cuda:N"),
     "predict.devices": Int(1),
     "predict.precision": Text("fp32", "bf16"),
+    "predict.input_max": Num(0, null=True),
     "baseline.out": PATH,
     "baseline.pixels": Int(100),
     "baseline.trees": Int(1),
@@ -231,6 +232,7 @@ SETTINGS: dict[str, Rule] = {
     "products.inventory.roofs.flat_rise_m": Num(0),
     "products.inventory.roofs.greenable_min_m2": Num(0),
     "products.inventory.roofs.dark_below": SHARE,
+    "products.inventory.roofs.split_min_m2": Num(0, null=True),
     "products.inventory.buildings": Rule("map", null=True),
     "products.inventory.buildings.path": OPTIONAL_PATH,
     **{
