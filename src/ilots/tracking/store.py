@@ -27,6 +27,8 @@ def tracking_uri(configured: str, root: Path) -> str:
 def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None) -> str:
     """Point MLflow at the tracking store (and experiment); return the URI."""
     uri = tracking_uri(configured, root)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if experiment_name:
@@ -36,6 +38,33 @@ def setup_mlflow(configured: str, root: Path, experiment_name: str | None = None
             mlflow.create_experiment(experiment_name, artifact_location=location)
         mlflow.set_experiment(experiment_name)
     return uri
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An MLflow tracking server answers its ``/health`` (in seconds, where MLflow's own client
+    retries for minutes before it gives up).
+
+    Raises:
+        IlotsError: it does not answer.
+    """
+    import urllib.error
+    import urllib.request
+
+    from ilots.core.errors import IlotsError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
+            if int(answer.status) == 200:
+                return
+            reason = f"HTTP {answer.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = type(getattr(exc, "reason", exc)).__name__
+    raise IlotsError(
+        f"the MLflow tracking server at {redact(uri)} does not answer ({reason}): start it "
+        "(`ilots team up`, then source its team.env) or check MLFLOW_TRACKING_URI."
+    )
 
 
 def redact(uri: str) -> str:
