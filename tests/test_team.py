@@ -196,8 +196,8 @@ def test_predict_reads_and_writes_the_bucket_with_the_servers_champion(team: dic
     orthos = sorted((tracked["root"] / "data" / "orthos").glob("*.tif"))
     for ortho in orthos:
         s3.upload_file(str(ortho), "ilots", f"city/orthos/{ortho.name}")
-    done = ilots("predict", "s3://ilots/city/orthos/", "--out", "s3://ilots/city/preds/",
-                 "--model", f"models:/{NAME}@champion", *TINY, env=env, cwd=tracked["root"])  # fmt: skip
+    done = ilots("predict", "s3://ilots/city/orthos/", *TINY, "--out", "s3://ilots/city/preds/",
+                 "--model", f"models:/{NAME}@champion", env=env, cwd=tracked["root"])  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     keys = set(s3_keys(env, "city/preds/"))
     assert {f"city/preds/{o.name}" for o in orthos} | {"city/preds/summary.json"} <= keys
@@ -317,13 +317,13 @@ def test_a_server_down_is_one_sentence_naming_it_and_up_restarts_it(team: dict, 
     env = {**os.environ, **pipeline_env(team)}
     processes.stop_group(state.pids["mlflow"], team["folder"] / "mlflow")
     t0 = time.monotonic()
-    down = ilots("predict", "--model", f"models:/{NAME}@champion", *TINY, env=env, cwd=tracked["root"])
+    down = ilots("predict", *TINY, "--model", f"models:/{NAME}@champion", env=env, cwd=tracked["root"])
     assert down.returncode == 2 and time.monotonic() - t0 < 60
     line = one_sentence(down.stderr)
     assert f"MLflow tracking server at {env['MLFLOW_TRACKING_URI']} does not answer" in line
     assert "ilots team up" in line
     processes.stop_group(state.pids["s3"], team["folder"] / "seaweedfs")
-    gone = ilots("predict", "s3://ilots/city/orthos/", "--out", "s3://ilots/city/preds2/", *TINY,
+    gone = ilots("predict", "s3://ilots/city/orthos/", *TINY, "--out", "s3://ilots/city/preds2/",
                  env=env, cwd=tracked["root"])  # fmt: skip
     assert gone.returncode == 2
     line = one_sentence(gone.stderr)
