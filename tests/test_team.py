@@ -97,6 +97,55 @@ def test_status_and_env_show_what_they_should(tmp_path: Path) -> None:
     assert f"export MLFLOW_TRACKING_URI='http://127.0.0.1:{state.ports['mlflow']}'" in exports
 
 
+def test_s3_addresses_become_gdal_paths_and_gdal_options_follow_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ilots.core import s3
+
+    assert s3.split("s3://ilots/city/orthos/a.tif") == ("ilots", "city/orthos/a.tif")
+    assert str(s3.vsis3("s3://ilots/city/a.tif")) == "/vsis3/ilots/city/a.tif"
+    with pytest.raises(IlotsError, match="not an s3://BUCKET/KEY"):
+        s3.split("s3:///nobucket")
+    for key in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", *s3.ENDPOINT_ENVS):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8333")
+    monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "TRUE")  # the user's own setting is kept
+    s3.gdal_env()
+    assert (os.environ["AWS_S3_ENDPOINT"], os.environ["AWS_HTTPS"]) == ("127.0.0.1:8333", "NO")
+    assert os.environ["AWS_VIRTUAL_HOSTING"] == "TRUE"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once closed
+
+
+def test_servers_that_do_not_answer_are_named_in_one_sentence(project: Path) -> None:
+    port = closed_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env = {**base, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "not-shown-anywhere"}  # fmt: skip
+    t0 = time.monotonic()
+    store = ilots("predict", "s3://ilots/orthos/", "--out", str(project / "preds"), env=env, cwd=project)
+    assert store.returncode == 2 and time.monotonic() - t0 < 60
+    assert store.stderr.strip().splitlines() == [
+        f"ilots predict: error: the object store at http://127.0.0.1:{port} did not answer while trying "
+        "to list s3://ilots/orthos/ (EndpointConnectionError): start it (`ilots team up`) or check "
+        "AWS_ENDPOINT_URL_S3."
+    ]
+    assert not (project / "preds").exists()
+    tracking = ilots(
+        "models", "list", env={**base, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, cwd=project
+    )
+    assert tracking.returncode == 2
+    assert tracking.stderr.strip().splitlines() == [
+        f"ilots models list: error: the MLflow tracking server at http://127.0.0.1:{port} does not answer "
+        "(ConnectionRefusedError): start it (`ilots team up`, then source its team.env) or check "
+        "MLFLOW_TRACKING_URI."
+    ]
+
+
 # slow: the real servers -------------------------------------------------------------------------------
 
 
