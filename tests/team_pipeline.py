@@ -4,6 +4,7 @@ against it (or against SQLite), stop it."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -66,7 +67,7 @@ def run_tiny_pipeline(root: Path, env: Mapping[str, str]) -> float:
     here = Path.cwd()
     os.chdir(root)
     try:
-        with environment(env):
+        with environment(env), contextlib.redirect_stdout(io.StringIO()):  # the stages' JSON summaries
             t0 = time.perf_counter()
             for stage in STAGES:
                 assert main([stage, *TINY]) == 0, stage
