@@ -354,6 +354,35 @@ def test_registrations_racing_on_the_server_leave_one_champion_the_best(team: di
     assert not client.search_registered_models(f"name='{name}--lock'")
 
 
+@pytest.mark.slow
+def test_up_chooses_new_ports_when_one_is_taken_before_its_server_binds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ilots.team import profile
+
+    folder = team_folder()
+    chosen = free_ports(PORT_NAMES)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", chosen["mlflow"]))
+    taken.listen()  # what another engineer's server does between our choice and our bind
+    calls = iter([chosen])
+    monkeypatch.setattr(
+        profile, "free_ports", lambda names, keep=None: next(calls, None) or free_ports(names)
+    )
+    try:
+        view = profile.up(folder, without=["labelstudio"])
+        assert all(s["healthy"] for s in view["servers"].values()), view
+        ports = TeamState.load(folder / "state.json").ports
+        assert ports["mlflow"] != chosen["mlflow"]
+        assert f"127.0.0.1:{ports['mlflow']}'" in (folder / "team.env").read_text()
+    finally:
+        taken.close()
+        profile.down(folder)
+        left = processes.processes_in(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not left
+
+
 def one_sentence(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if "error:" in line]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]

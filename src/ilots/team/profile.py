@@ -69,11 +69,18 @@ def _alive(layout: Layout, state: TeamState) -> dict[str, bool]:
     return {name: processes.is_ours(pid, layout.root) for name, pid in state.pids.items()}
 
 
+class PortTaken(IlotsError):
+    """A server could not bind its port: another program took it after it was chosen."""
+
+
 def _wait(server: servers.Server, pid: int, log_path: Path) -> None:
     deadline = time.monotonic() + server.start_timeout_s
     while time.monotonic() < deadline:
         if processes.exited(pid):
-            raise IlotsError(
+            kind = (
+                PortTaken if "address already in use" in processes.tail(log_path, 30).lower() else IlotsError
+            )
+            raise kind(
                 f"the {server.name} server ({server.url}) exited while starting: see {log_path} "
                 f"({processes.tail(log_path, 2)[:300]})."
             )
@@ -100,6 +107,38 @@ def _start(layout: Layout, state: TeamState, batch: Iterable[servers.Server], st
         _wait(server, pid, layout.log(server.name))
 
 
+def _start_all(
+    layout: Layout,
+    state: TeamState,
+    creds: Mapping[str, str],
+    running: set[str],
+    ls_python: Path | None,
+) -> None:
+    """Start every server not in ``running``, in order; on failure stop those this call started."""
+    p, started = state.ports, list[str]()
+    try:
+        pg_data = layout.folder("postgres") / "data"
+        if "postgres" not in running:
+            servers.init_postgres(pg_data, creds["POSTGRES_PASSWORD"], layout.log("postgres"))
+        first = [
+            s for s in (
+                servers.postgres(pg_data, p["postgres"], creds["POSTGRES_PASSWORD"]),
+                servers.seaweedfs(layout.folder("s3"), p, creds["S3_ACCESS_KEY"], creds["S3_SECRET_KEY"]),
+            ) if s.name not in running
+        ]  # fmt: skip
+        _start(layout, state, first, started)
+        servers.create_databases(p["postgres"], creds["POSTGRES_PASSWORD"])
+        second = [servers.mlflow_server(layout.folder("mlflow"), p, creds)]
+        if ls_python is not None:
+            second.append(servers.label_studio(layout.folder("labelstudio"), p, creds, ls_python))
+        _start(layout, state, [s for s in second if s.name not in running], started)
+    except BaseException:
+        for name in reversed(started):
+            processes.stop_group(state.pids.pop(name), layout.folder(name), STOP_SIGNALS.get(name, 15))
+        state.save()
+        raise
+
+
 def up(root: Path, without: Iterable[str] = ()) -> dict[str, Any]:
     """Start the profile's servers (those not already running); returns what ``status`` shows."""
     t0 = time.monotonic()
@@ -123,28 +162,18 @@ def up(root: Path, without: Iterable[str] = ()) -> dict[str, Any]:
     ls_python = None if "labelstudio" in skip or "labelstudio" in running else (
         servers.ensure_label_studio(layout.log("labelstudio-install"))
     )  # fmt: skip
-    p, started = state.ports, list[str]()
-    try:
-        pg_data = layout.folder("postgres") / "data"
-        if "postgres" not in running:
-            servers.init_postgres(pg_data, creds["POSTGRES_PASSWORD"], layout.log("postgres"))
-        first = [
-            s for s in (
-                servers.postgres(pg_data, p["postgres"], creds["POSTGRES_PASSWORD"]),
-                servers.seaweedfs(layout.folder("s3"), p, creds["S3_ACCESS_KEY"], creds["S3_SECRET_KEY"]),
-            ) if s.name not in running
-        ]  # fmt: skip
-        _start(layout, state, first, started)
-        servers.create_databases(p["postgres"], creds["POSTGRES_PASSWORD"])
-        second = [servers.mlflow_server(layout.folder("mlflow"), p, creds)]
-        if ls_python is not None:
-            second.append(servers.label_studio(layout.folder("labelstudio"), p, creds, ls_python))
-        _start(layout, state, [s for s in second if s.name not in running], started)
-    except BaseException:
-        for name in reversed(started):
-            processes.stop_group(state.pids.pop(name), layout.folder(name), STOP_SIGNALS.get(name, 15))
-        state.save()
-        raise
+    for attempt in (1, 2):
+        try:
+            _start_all(layout, state, creds, running, ls_python)
+            break
+        except PortTaken as exc:
+            # another program took a chosen port between choosing and binding: choose again, once
+            if attempt == 2 or running:
+                raise
+            log.warning("a port was taken meanwhile; choosing new ports (%s)", exc)
+            state.ports = free_ports(PORT_NAMES)
+            state.save()
+            write_private(layout.env_file, export_lines(client_env(state.ports, creds)))
     view = status(root)
     view["startup_s"] = round(time.monotonic() - t0, 1)
     view["env"] = f'source {layout.env_file}   (or: eval "$(uv run ilots team env)")'
