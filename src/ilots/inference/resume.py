@@ -20,13 +20,22 @@ PROBABILITY_DIR = "probabilities"
 
 
 def signature(fingerprint: str, options: PredictOptions, src_path: Path) -> str:
-    """What an output must record to be reused: model weights, result options, input file."""
-    stat = src_path.stat()
+    """What an output must record to be reused: model weights, result options, input file (for an
+    object read through GDAL's /vsi... paths, which have no stat: its name, size and grid)."""
+    if str(src_path).startswith("/vsi"):
+        with rasterio.open(src_path) as src:
+            source: dict[str, object] = {
+                "name": str(src_path), "shape": [src.count, src.height, src.width],
+                "transform": list(src.transform)[:6], "dtype": src.dtypes[0],
+            }  # fmt: skip
+    else:
+        stat = src_path.stat()
+        source = {"name": src_path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     record = {
         "format": OUTPUT_FORMAT,
         "model": fingerprint,
         "options": options.result_options(),
-        "input": {"name": src_path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "input": source,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 

@@ -20,7 +20,7 @@ from ilots.core.errors import IlotsError, describe_os_error
 from ilots.pipeline.commands import COMMANDS, GROUPS, Command
 
 # The modules that declare commands; importing them fills COMMANDS.
-COMMAND_MODULES = ("stages", "products", "models", "labeling", "tools")
+COMMAND_MODULES = ("stages", "products", "models", "labeling", "tools", "team")
 
 
 def load_commands() -> dict[str, Command]:

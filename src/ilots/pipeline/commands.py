@@ -52,6 +52,7 @@ COMMANDS: dict[str, Command] = {}
 GROUPS: dict[str, str] = {
     "labeling": "Label Studio round trip: init, publish tiles, pull masks, pre-annotate, bootstrap.",
     "models": "registered models: list, promote VERSION, rollback.",
+    "team": "the team profile: PostgreSQL, S3 store, MLflow server, Label Studio on 127.0.0.1.",
 }
 
 

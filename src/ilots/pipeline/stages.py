@@ -10,12 +10,15 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from ilots.core import s3
 from ilots.core.classes import ClassMap
 from ilots.core.errors import IlotsError
 from ilots.core.files import read_json, write_json
@@ -322,16 +325,49 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
     """``ilots predict [INPUT ...] [--model URI] [--out DIR] [--window N] ... [key=value ...]``."""
     from ilots.core.files import check_output_folder
-    from ilots.core.orthos import input_rasters
+    from ilots.core.orthos import check_unique_stems
     from ilots.inference.options import PredictOptions
 
     # Settings, inputs and output folder are checked before torch and MLflow load (seconds).
     root = project_root()
     options = PredictOptions.from_settings(to_dict(cfg.predict), imagery_settings(cfg), vars(args))
-    orthos = input_rasters([Path(p) for p in args.inputs] or [resolve_path(root, cfg.predict.orthos)])
-    out_dir = check_output_folder(
-        Path(args.out) if args.out else resolve_path(root, cfg.predict.out), "--out"
-    )
+    # inputs named on the command line are relative to the current folder, the setting to the project
+    orthos = _predict_inputs(args.inputs or [str(resolve_path(root, cfg.predict.orthos))])
+    check_unique_stems(orthos)
+    out_setting = str(args.out or cfg.predict.out)
+    bucket_out = out_setting if s3.is_s3(out_setting) else None
+    if bucket_out:
+        s3.check_reachable(bucket_out)
+        out_dir = Path(tempfile.mkdtemp(prefix="ilots-predict-"))  # uploaded, then removed
+    else:
+        out_dir = check_output_folder(resolve_path(root, out_setting), "--out")
+    try:
+        return _predict(args, cfg, root, options, orthos, out_dir, bucket_out)
+    finally:
+        if bucket_out:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _predict_inputs(items: Sequence[str]) -> list[Path]:
+    """Local files and folders, and ``s3://`` objects or prefixes (read through GDAL's /vsis3/)."""
+    from ilots.core.orthos import input_rasters
+
+    local = [Path(item) for item in items if not s3.is_s3(item)]
+    remote = [uri for item in items if s3.is_s3(item) for uri in s3.list_rasters(item)]
+    if remote:
+        s3.gdal_env()
+    return (input_rasters(local) if local else []) + [s3.vsis3(uri) for uri in remote]
+
+
+def _predict(
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    root: Path,
+    options: Any,
+    orthos: list[Path],
+    out_dir: Path,
+    bucket_out: str | None,
+) -> Any:
     model_uri = args.model or cfg.predict.model_uri
     if not re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", model_uri) and not Path(model_uri).exists():
         raise IlotsError(
@@ -359,6 +395,10 @@ def predict(args: argparse.Namespace, cfg: DictConfig) -> Any:
     else:
         summary = predict_orthos(segmenter, orthos, out_dir, options, model_uri=model_uri)
     write_json(out_dir / "summary.json", {"model": model_uri, "rasters": summary})
+    if bucket_out:
+        files = sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        uploaded = s3.upload(files, out_dir, bucket_out)
+        log.info("uploaded %d file(s) to %s", len(uploaded), bucket_out)
     return summary
 
 

@@ -78,5 +78,5 @@ def check_tracking_server(configured: str) -> None:
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise IlotsError(
             f"the MLflow tracking server at {shown} cannot be reached ({type(exc).__name__}): start it "
-            f"(mlflow server ...) or fix {setting}."
+            f"(`mlflow server ...`, or `ilots team up` and source its team.env) or fix {setting}."
         ) from None
