@@ -78,11 +78,11 @@ def test_failed_tiles_stage_keeps_the_previous_tiles(repo: tuple[Path, dict[str,
     tiles = fingerprint(root, ["experiments/tiles"])
     config = root / "conf" / "experiment" / "tiny.yaml"
     good = config.read_text()
-    config.write_text(good.replace("  overlap: 16", "  overlap: 4096"))
+    config.write_text(good.replace("  block: 128", "  block: 32"))  # valid alone, below tiles.size
     try:
         dvc(["ilots", "params"], root, env)
         out = dvc(["dvc", "repro", "tiles"], root, env, ok=False)
-        assert out.returncode != 0 and "tiles.overlap=4096" in out.stderr
+        assert out.returncode != 0 and "tiles.block=32" in out.stderr
         assert fingerprint(root, ["experiments/tiles"]) == tiles
     finally:
         config.write_text(good)

@@ -690,7 +690,7 @@ def test_a_full_disk_is_one_sentence_naming_the_output_and_keeps_the_previous_on
     assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"error: output {Path('preds') / 'in.tif'} was not written: the disk is full" in err
+    assert f"{Path('preds') / 'in.tif'} was not written: the disk is full" in err
     assert (project / "preds" / "in.tif").read_bytes() == previous
     assert sorted(p.name for p in (project / "preds").iterdir()) == [
         "in.tif",
