@@ -50,7 +50,8 @@ class Frontier:
         f = self._files[parity]
         f.seek(offset)
         out = np.empty(shape, dtype=np.float32)
-        f.readinto(out.data.cast("B"))
+        if out.size:  # overlap 0: rows whose windows hand nothing down
+            f.readinto(out.data.cast("B"))
         return out
 
     def close(self) -> None:
@@ -61,8 +62,10 @@ class Frontier:
 class Blender:
     """Accumulates weighted window probabilities in row-major window order; yields finished blocks."""
 
-    def __init__(self, grid: WindowGrid, n_classes: int, frontier: Frontier) -> None:
-        self.grid, self.n_classes, self.frontier = grid, n_classes, frontier
+    def __init__(self, grid: WindowGrid, n_classes: int, frontier: Frontier, start: int = 0) -> None:
+        """``start``: the first window row added (a shard of the raster's rows starts below 0; the
+        rows above it hand nothing down)."""
+        self.grid, self.n_classes, self.frontier, self.start = grid, n_classes, frontier, start
         self.live: dict[int, NDArray[Any]] = {}
 
     def add(self, i: int, j: int, probs: NDArray[Any]) -> tuple[Window, NDArray[Any]]:
@@ -86,7 +89,7 @@ class Blender:
     def _open(self, i: int, k: int) -> NDArray[Any]:
         c0, c1 = self.grid.block_cols(k)
         block = np.zeros((self.n_classes, self.grid.size[0], c1 - c0), dtype=np.float32)
-        if i > 0:
+        if i > self.start:
             carried = self.frontier.take(i, k)
             block[:, : carried.shape[1]] = carried
         return block

@@ -23,6 +23,7 @@ from ilots.core.errors import IlotsError
 from ilots.inference.forward import resolve_device
 from ilots.inference.options import PredictOptions
 from ilots.inference.runner import predict_orthos
+from ilots.inference.shards import finish, plan
 from ilots.models.family import SegmentationModel
 
 log = logging.getLogger("ilots.predict")
@@ -82,14 +83,24 @@ def _worker(rank: int, world_size: int, init_file: str, args: tuple[Any, ...], r
         dist.destroy_process_group()
 
 
-def merge(gathered: Sequence[dict[str, Any]], orthos: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """The ranks' summaries as one, in input order; the first failure as an error."""
+def merge(
+    gathered: Sequence[dict[str, Any]],
+    orthos: Sequence[Path],
+    segmenter: SegmentationModel,
+    out_dir: Path,
+    options: PredictOptions,
+    model_uri: str,
+) -> dict[str, dict[str, Any]]:
+    """The ranks' summaries as one, in input order, sharded inputs assembled
+    (:mod:`ilots.inference.shards`); the first failure as an error."""
     summary: dict[str, dict[str, Any]] = {}
     for part in gathered:
         if ERROR_KEY in part:
             raise IlotsError(part[ERROR_KEY])
         summary.update(part)
-    return {p.name: summary[p.name] for p in orthos}
+    items = plan(orthos, len(gathered), options)
+    merged = finish(items, summary, out_dir, options, segmenter.fingerprint(), segmenter.classes, model_uri)
+    return {p.name: merged[p.name] for p in orthos}
 
 
 def predict_distributed(
@@ -140,7 +151,7 @@ def predict_distributed(
             gathered = results.get()
     if gathered is None:
         raise IlotsError("the prediction workers ended without a result; run again.")
-    return merge(gathered, orthos)
+    return merge(gathered, orthos, segmenter, out_dir, options, model_uri)
 
 
 def launcher_rank() -> tuple[int, int]:
@@ -169,4 +180,4 @@ def predict_launched(
         if ERROR_KEY in part:
             raise IlotsError(part[ERROR_KEY])
         return None
-    return merge(gathered, orthos)
+    return merge(gathered, orthos, segmenter, out_dir, options, model_uri)

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -179,9 +180,15 @@ def predict_raster(
     *,
     probabilities: Path | None = None,
     tags: dict[str, str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, int]:
     """Predict one orthophoto into a class COG on the same grid (and, with ``probabilities``, a
     per-class probability COG there); return pixel counts per class.
+
+    With ``shard`` (window rows ``[a, b)``, :mod:`ilots.inference.shards`), only the output rows of
+    those window rows are predicted, into a tiled GeoTIFF part (no COG, no probabilities): the
+    window rows above ``a`` that overlap them are predicted again and only hand their overlap down,
+    so the part's pixels are the ones the whole raster's prediction has there, bit for bit.
 
     Raises:
         IlotsError: the orthophoto does not fit the model, cannot be read, or an output cannot be
@@ -207,13 +214,18 @@ def predict_raster(
             raise _damaged(src_path, exc) from exc
         grid = WindowGrid(src.height, src.width, options.window, options.overlap)
         keys = grid.keys()
+        rows = None
+        if shard is not None:
+            rows = (first_contributing_row(grid, shard[0]), shard[0], shard[1])
+            keys = [(i, j) for i, j in keys if rows[0] <= i < rows[2]]
         size = options.batch_size
         batches = [keys[n : n + size] for n in range(0, len(keys), size)]
         log.info("%s", size_line(src_path.name, src, grid, len(batches)))
     try:
         writer = _predict_into(
-            segmenter, src_path, dest, options, probabilities, tags, bands, alpha, fill, scale, grid, batches
-        )
+            segmenter, src_path, dest, options, probabilities, tags, bands, alpha, fill, scale, grid, batches,
+            rows,
+        )  # fmt: skip
     except _Unreadable as exc:
         raise _damaged(src_path, exc.__cause__) from exc.__cause__
     except (OSError, RasterioError, CPLE_BaseError) as exc:
@@ -238,6 +250,7 @@ def _predict_into(
     scale: InputScale,
     grid: WindowGrid,
     batches: list[list[tuple[int, int]]],
+    rows: tuple[int, int, int] | None = None,
 ) -> BlockWriter:
     """The streamed prediction of :func:`predict_raster`, written atomically; its block writer."""
     class_map = ClassMap(tuple(segmenter.classes))
@@ -255,11 +268,13 @@ def _predict_into(
         with rasterio.open(src_path) as src:
             class_profile = output_profile(src, 1, NODATA)
             proba_profile = output_profile(src, len(class_map), None)
+        if rows is not None:
+            class_profile["sparse_ok"] = True  # a part: the tiles of other shards' rows stay unwritten
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
         stack.callback(frontier.close)
-        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill)
+        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill, rows)
 
         def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
             reader = handles.get()
@@ -285,10 +300,21 @@ def _predict_into(
             proba.update_tags(**all_tags, SCALE="probability x 255")
             proba.close()
             write_cog(raws[1], proba_tmp, "AVERAGE")
+        if rows is not None:  # a shard's part: assembled with the others into the COG later
+            os.replace(raws[0], class_tmp)
+            return writer
         write_cog(raws[0], class_tmp, "MODE")
         with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
             aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
     return writer
+
+
+def first_contributing_row(grid: WindowGrid, a: int) -> int:
+    """The first window row whose windows reach block row ``a`` (those above hand it nothing)."""
+    top, first = grid.rows[a], a
+    while first > 0 and grid.rows[first - 1] + grid.size[0] > top:
+        first -= 1
+    return first
 
 
 def predict_one(
@@ -334,12 +360,20 @@ def predict_orthos(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Predict this rank's share of the orthophotos (inputs rank, rank + world_size, ...) into
-    ``out_dir/<stem>.tif``."""
+    """Predict this rank's share of the orthophotos (items rank, rank + world_size, ... of
+    :func:`ilots.inference.shards.plan`: whole inputs, or shards of rows when there are fewer inputs
+    than ranks) into ``out_dir/<stem>.tif``; the summary per item (sharded inputs are assembled by
+    :func:`ilots.inference.shards.finish` once every rank is done)."""
+    from ilots.inference.shards import plan, predict_part
+
     options = options or PredictOptions()
     check_unique_stems(orthos)
     segmenter.to(resolve_device(options.device, rank))
     fp = segmenter.fingerprint()
-    return {
-        p.name: predict_one(segmenter, p, out_dir, options, model_uri, fp) for p in orthos[rank::world_size]
-    }
+    summary = {}
+    for item in plan(orthos, world_size, options)[rank::world_size]:
+        if item.shards == 1:
+            summary[item.key] = predict_one(segmenter, item.ortho, out_dir, options, model_uri, fp)
+        else:
+            summary[item.key] = predict_part(segmenter, item, out_dir, options, fp)
+    return summary

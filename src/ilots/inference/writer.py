@@ -57,17 +57,23 @@ class BlockWriter:
         frontier: Frontier,
         n_classes: int,
         fill: Fill | None = None,
+        rows: tuple[int, int, int] | None = None,
     ) -> None:
+        """``rows``: (first window row added, first block row written, end block row) for a shard
+        of the raster's rows (:mod:`ilots.inference.shards`); None: the whole raster."""
         self.grid, self.source, self.bands, self.alpha, self.fill = grid, source, bands, alpha, fill
         self.classes, self.probabilities = classes, probabilities
-        self.blender = Blender(grid, n_classes, frontier)
+        start, self.first_row, _ = rows or (0, 0, len(grid.rows))
+        self.blender = Blender(grid, n_classes, frontier, start)
         self.counts = np.zeros(256, dtype=np.int64)
         if probabilities is not None:
             self.row_weight, self.col_weight = grid.weight_sum(0), grid.weight_sum(1)
 
     def add_batch(self, keys: Sequence[tuple[int, int]], probs: NDArray[Any]) -> None:
         for (i, j), window_probs in zip(keys, probs, strict=True):
-            self.write_block(*self.blender.add(i, j, window_probs))
+            finished = self.blender.add(i, j, window_probs)
+            if i >= self.first_row:  # the rows above a shard only hand their overlap down
+                self.write_block(*finished)
 
     def write_block(self, window: Window, acc: NDArray[Any]) -> None:
         valid = valid_mask(self.source, window, self.bands, self.alpha, self.fill)
