@@ -290,6 +290,7 @@ def _predict_into(
             lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision),
             progress.done,
         )
+        writer.close()
         out.write_colormap(1, class_map.colour_table())
         out.set_band_description(1, "class")
         out.update_tags(**all_tags)

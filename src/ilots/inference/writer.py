@@ -43,6 +43,59 @@ def output_profile(src: DatasetReader, count: int, nodata: int | None) -> dict[s
     }
 
 
+class TileRows:
+    """Finished blocks gathered into whole rows of output tiles, each tile row written once.
+
+    GDAL's block cache is shared by every thread: the reader threads, filling it with orthophoto
+    blocks, evict the output's dirty tiles, and a tile evicted while only part of it was written,
+    then asked for again to write the rest, could come back without the first part (measured: a
+    448 x 64 px piece of nodata now and then in a 16384 px prediction). Written a whole tile row at
+    a time, a tile is never written twice. Memory: about two tile rows of the raster's width.
+    """
+
+    def __init__(self, dst: DatasetWriter, count: int, top: int, mask: bool = False) -> None:
+        self.dst, self.count, self.mask = dst, count, mask
+        self.width, self.height = dst.width, dst.height
+        self.top = self.done = top  # rows [top, done) are in the buffer, complete
+        self.buf = np.zeros((count, 0, self.width), dtype=np.uint8)
+        self.valid = np.zeros((0, self.width), dtype=np.uint8)
+
+    def put(self, window: Window, values: NDArray[Any], valid: NDArray[Any] | None = None) -> None:
+        """A block (``values``: (count, h, w)) at ``window``; blocks come in row-major order."""
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        if r1 - self.top > self.buf.shape[1]:  # a new block row: grow the buffer to hold it
+            grow = r1 - self.top - self.buf.shape[1]
+            self.buf = np.concatenate([self.buf, np.zeros((self.count, grow, self.width), np.uint8)], axis=1)
+            self.valid = np.concatenate([self.valid, np.zeros((grow, self.width), np.uint8)], axis=0)
+        self.buf[:, r0 - self.top : r1 - self.top, c0:c1] = values
+        if valid is not None:
+            self.valid[r0 - self.top : r1 - self.top, c0:c1] = valid
+        if c1 == self.width:  # the block row is complete
+            self.done = r1
+            self._flush(final=r1 == self.height)
+
+    def close(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        while self.done > self.top:
+            boundary = (self.top // COG_BLOCK + 1) * COG_BLOCK
+            if self.done < boundary and not final:
+                return
+            end = min(boundary, self.done)
+            n = end - self.top
+            window = Window(0, self.top, self.width, n)
+            if self.count == 1:
+                self.dst.write(self.buf[0, :n], 1, window=window)
+            else:
+                self.dst.write(self.buf[:, :n], window=window)
+            if self.mask:
+                self.dst.write_mask(self.valid[:n], window=window)
+            self.buf, self.valid = self.buf[:, n:].copy(), self.valid[n:].copy()
+            self.top = end
+
+
 class BlockWriter:
     """The writer stage: blends batches of window probabilities, masks nodata, writes finished blocks."""
 
@@ -66,8 +119,17 @@ class BlockWriter:
         start, self.first_row, _ = rows or (0, 0, len(grid.rows))
         self.blender = Blender(grid, n_classes, frontier, start)
         self.counts = np.zeros(256, dtype=np.int64)
+        top = grid.rows[self.first_row]
+        self.class_rows = TileRows(classes, 1, top)
+        self.proba_rows = TileRows(probabilities, n_classes, top, mask=True) if probabilities else None
         if probabilities is not None:
             self.row_weight, self.col_weight = grid.weight_sum(0), grid.weight_sum(1)
+
+    def close(self) -> None:
+        """Write the last rows (a shard's part ends before the raster does)."""
+        self.class_rows.close()
+        if self.proba_rows is not None:
+            self.proba_rows.close()
 
     def add_batch(self, keys: Sequence[tuple[int, int]], probs: NDArray[Any]) -> None:
         for (i, j), window_probs in zip(keys, probs, strict=True):
@@ -79,13 +141,12 @@ class BlockWriter:
         valid = valid_mask(self.source, window, self.bands, self.alpha, self.fill)
         classes = acc.argmax(axis=0).astype(np.uint8)
         classes[~valid] = NODATA
-        self.classes.write(classes, 1, window=window)
+        self.class_rows.put(window, classes[np.newaxis])
         self.counts += np.bincount(classes.ravel(), minlength=256)
-        if self.probabilities is not None:
+        if self.proba_rows is not None:
             r0, c0 = int(window.row_off), int(window.col_off)
             r1, c1 = r0 + int(window.height), c0 + int(window.width)
             total = np.outer(self.row_weight[r0:r1], self.col_weight[c0:c1]).astype(np.float32)
             scaled = np.rint(np.clip(acc / total, 0.0, 1.0) * 255.0).astype(np.uint8)
             scaled[:, ~valid] = 0
-            self.probabilities.write(scaled, window=window)
-            self.probabilities.write_mask(valid.astype(np.uint8) * 255, window=window)
+            self.proba_rows.put(window, scaled, valid.astype(np.uint8) * 255)
