@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +168,140 @@ def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path
         assert out.returncode == 0, out.stderr[-3000:]
         scores[name] = json.loads(out.stdout[out.stdout.index("{") :])["val_miou"]
     assert scores["ddp"] > scores["single"] - 0.1, scores
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_env(node_rank: int, port: int) -> dict[str, str]:
+    """The environment of one node of a job launched by hand on loopback (one thread each: 2 cores)."""
+    import os
+    import sys
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "NODE_RANK": str(node_rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+TWO_NODES = ["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1", "trainer.accelerator=cpu"]
+
+
+def tracked_runs(project: Path, experiment: str) -> list[dict[str, str]]:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'experiments' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return [{"run_id": r.run_id, "status": r.status} for r in runs.itertuples()]
+
+
+def train_cli(project: Path, args: list[str], node_rank: int, port: int) -> subprocess.Popen[str]:
+    """``ilots train ARGS`` as node ``node_rank`` of a job meeting at 127.0.0.1:``port``."""
+    return subprocess.Popen(["ilots", "train", *args], cwd=project, env=node_env(node_rank, port),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def finish(processes: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
+    """Each process's exit status, stdout and stderr (all killed if one outlasts ``timeout``)."""
+    try:
+        outs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, out, err) for process, (out, err) in zip(processes, outs, strict=True)]
+
+
+def summary(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{") :])
+
+
+@pytest.mark.slow
+def test_two_nodes_launched_by_hand_track_one_run_of_single_process_quality(project: Path) -> None:
+    common = [*QUICK, "train.overlays=0", "trainer.max_epochs=6"]
+    [(code, single, err)] = finish([train_cli(project, common, 0, free_port())], timeout=900)
+    assert code == 0, err[-3000:]
+    # same global batch: 2 nodes x 4 chips against 1 x 8; a run of its own, in its own experiment
+    args, port = [*common, *TWO_NODES, "data.batch_size=4", "logger.experiment_name=two-nodes"], free_port()
+    nodes = finish([train_cli(project, args, rank, port) for rank in (0, 1)], timeout=900)
+    for code, _, err in nodes:
+        assert code == 0, err[-3000:]
+    assert "{" not in nodes[1][1]  # only global rank 0 reports
+    result, first = summary(nodes[0][1]), summary(single)
+    assert tracked_runs(project, "two-nodes") == [{"run_id": result["run_id"], "status": "FINISHED"}]
+    assert summary((project / "experiments" / "train" / "run.json").read_text()) == result
+    checkpoints = {p.name for p in (project / "experiments" / "checkpoints").iterdir()}
+    assert checkpoints == {result["run_id"], first["run_id"]}  # none from node 1
+    scores = {"single": first["val_miou"], "two_nodes": result["val_miou"]}
+    print(scores)
+    assert scores["two_nodes"] > scores["single"] - 0.1, scores
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alone", [0, 1])
+def test_a_node_that_never_comes_fails_the_other_within_the_timeout(project: Path, alone: int) -> None:
+    import time
+
+    start = time.monotonic()
+    args = [*QUICK, *TWO_NODES, "trainer.ddp_timeout_s=10"]
+    [(code, _, err)] = finish([train_cli(project, args, alone, free_port())], timeout=300)
+    elapsed = time.monotonic() - start
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    joined = r"1/2 clients joined" if alone == 0 else r"timed out .* trying to connect"
+    assert re.fullmatch(
+        r"ilots train: error: the DDP job's processes did not all meet at 127\.0\.0\.1:\d+ within "
+        rf"trainer\.ddp_timeout_s=10 s \(.*{joined}.*\): start `ilots train` .* on each of "
+        r"the 2 nodes \(NODE_RANK=0\.\.1, .*\), or raise trainer\.ddp_timeout_s\.",
+        last,
+    ), last
+    print(f"node {alone} alone failed after {elapsed:.0f} s")
+    assert elapsed < 150, elapsed  # 10 s of waiting, the rest is start-up
+    # node 0's run is ended FAILED; node 1 alone creates none
+    assert [r["status"] for r in tracked_runs(project, "ilots")] == (["FAILED"] if alone == 0 else [])
+    assert not (project / "experiments" / "train" / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "first"),
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "1"}, False),  # Lightning's launcher, second process of a node
+        ({"NODE_RANK": "0", "LOCAL_RANK": "0"}, True),
+        ({"NODE_RANK": "1"}, False),  # a node launched by hand
+        ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),  # torchrun
+        ({"RANK": "1", "LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}, False),  # srun
+    ],
+)
+def test_only_global_rank_zero_is_the_first_process(
+    env: dict[str, str], first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ilots.core.locks import RANK_VARIABLES, is_first_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_first_process() is first
+
+
+def test_ddp_strategy_waits_no_longer_than_the_configured_timeout() -> None:
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from ilots.training.fit import DDP_TIMEOUT_S, trainer_arguments
+
+    arguments = trainer_arguments({"strategy": "ddp", "ddp_timeout_s": 42, "devices": 1})
+    assert "ddp_timeout_s" not in arguments and arguments["devices"] == 1
+    assert isinstance(arguments["strategy"], DDPStrategy)
+    assert arguments["strategy"]._timeout == timedelta(seconds=42)
+    assert trainer_arguments({"strategy": "ddp"})["strategy"]._timeout == timedelta(seconds=DDP_TIMEOUT_S)
+    assert trainer_arguments({"strategy": "auto", "ddp_timeout_s": 42}) == {"strategy": "auto"}
 
 
 def test_a_batch_with_no_annotated_pixel_gives_a_zero_loss_not_nan() -> None:

@@ -21,10 +21,16 @@ from ilots.core.errors import IlotsError
 LOCK_NAME = ".lock"
 
 
+# The variables that give a process its place in a distributed job, as Lightning reads them: its
+# launcher starts a node's other processes with LOCAL_RANK; a node launched by hand says NODE_RANK
+# (or GROUP_RANK); torchrun sets RANK; srun sets SLURM_PROCID (SLURMEnvironment's global rank).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+
+
 def is_first_process() -> bool:
-    """Whether this is the first process of a job (under DDP, Lightning's launcher starts the others
-    with LOCAL_RANK set, torchrun sets RANK): only the first takes a folder's lock."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
+    """Whether this is the first process of a job, global rank 0 across all its nodes: only the
+    first takes a folder's lock, creates the MLflow run and writes the stage's outputs."""
+    return all(os.environ.get(name, "0").strip() in ("0", "") for name in RANK_VARIABLES)
 
 
 def _holder(fd: int) -> str:

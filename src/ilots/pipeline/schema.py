@@ -267,6 +267,7 @@ SETTINGS: dict[str, Rule] = {
     "trainer.accelerator": Text(what="auto, cpu, gpu, cuda or mps"),
     "trainer.devices": Rule("any", what="a number of devices, a list of device ids, or auto"),
     "trainer.num_nodes": Int(1),
+    "trainer.ddp_timeout_s": Int(1),
     "trainer.strategy": Text(what="a Lightning strategy such as ddp or auto"),
     "trainer.precision": Rule(
         "str",

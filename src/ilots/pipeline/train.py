@@ -121,7 +121,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, root: Path, experiments: Path) -> dict[str, Any]:
     import lightning as L
 
-    setup_mlflow(cfg.logger.tracking_uri, root, cfg.logger.experiment_name)
+    # DDP's other processes, on other nodes too, only point MLflow at the store: two creating the
+    # experiment at once would race
+    experiment = cfg.logger.experiment_name if is_first_process() else None
+    setup_mlflow(cfg.logger.tracking_uri, root, experiment)
     L.seed_everything(int(cfg.seed), workers=True)
     datamodule = build_datamodule(cfg, root)
     if datamodule.classes != list(cfg.classes):

@@ -105,6 +105,59 @@ def resume_checkpoint(resume: str | None, checkpoints: Path) -> tuple[Path | Non
     return path, path.parent.name
 
 
+# How long the processes of a DDP job wait for each other (for every node to join, then at every
+# collective operation) before failing: Lightning's default is 30 minutes.
+DDP_TIMEOUT_S = 300
+
+
+def ddp_timeout(trainer: dict[str, Any]) -> int:
+    """``trainer.ddp_timeout_s`` (seconds), or :data:`DDP_TIMEOUT_S`."""
+    return int(trainer.get("ddp_timeout_s") or DDP_TIMEOUT_S)
+
+
+def trainer_arguments(trainer: dict[str, Any]) -> dict[str, Any]:
+    """The Lightning Trainer's arguments from ``trainer.*``: ``strategy: ddp`` becomes a
+    DDPStrategy whose waits are bounded by ``trainer.ddp_timeout_s``."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    arguments = {k: v for k, v in trainer.items() if k != "ddp_timeout_s"}
+    if arguments.get("strategy") == "ddp":
+        arguments["strategy"] = DDPStrategy(timeout=timedelta(seconds=ddp_timeout(trainer)))
+    return arguments
+
+
+def rendezvous_failure(exc: BaseException, trainer: dict[str, Any]) -> str | None:
+    """The sentence for a DDP job whose processes did not all join within the timeout, or ``None``
+    when ``exc`` is something else."""
+    import os
+
+    from torch.distributed import DistError
+
+    if not isinstance(exc, DistError):
+        return None
+    text = str(exc)
+    if "timed out" not in text.lower() and "timeout" not in text.lower():
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # they had met: one stopped answering
+        return (
+            f"a process of the DDP job did not answer for trainer.ddp_timeout_s={ddp_timeout(trainer)} s "
+            f"({text.splitlines()[0].strip()}): look at the other nodes' logs, or raise "
+            "trainer.ddp_timeout_s."
+        )
+    nodes = int(trainer.get("num_nodes") or 1)
+    where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (
+        f"the DDP job's processes did not all meet at {where} within trainer.ddp_timeout_s="
+        f"{ddp_timeout(trainer)} s ({text.splitlines()[0].strip()}): start `ilots train` with the same "
+        f"overrides on each of the {nodes} nodes (NODE_RANK=0..{nodes - 1}, the same MASTER_ADDR and "
+        "MASTER_PORT, which node 0 must be able to open), or raise trainer.ddp_timeout_s."
+    )
+
+
 def make_trainer(
     settings: FitSettings, logger: MLFlowLogger, checkpoints: list[ModelCheckpoint], out_dir: Path
 ) -> L.Trainer:
@@ -115,7 +168,7 @@ def make_trainer(
             EarlyStopping(monitor="val/miou", mode="max", patience=settings.early_stopping_patience)
         )
     return L.Trainer(
-        **settings.trainer,
+        **trainer_arguments(settings.trainer),
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=False,
@@ -177,8 +230,10 @@ def fit(
         run_id=resumed_run,
         tags={**tags, "stage": "train", **process_tags()},
     )
-    run_id = mlflow_logger.run_id
-    if resumed_run is None:
+    # only the job's first process creates the run: the others (on this node or another) would
+    # each create one before the Trainer tells Lightning their rank
+    run_id = mlflow_logger.run_id if is_first_process() else None
+    if resumed_run is None and run_id is not None:
         mlflow_logger.log_hyperparams(flatten(settings.params))
     # other DDP ranks have no run id: Lightning broadcasts rank 0's folder to them
     best, last = checkpoints(settings.experiments / "checkpoints" / (run_id or "rank0"))
@@ -188,7 +243,12 @@ def fit(
     except BaseException as exc:
         why = interruption(exc)
         if why is None:
-            raise
+            missing = rendezvous_failure(exc, settings.trainer)
+            if missing is None:
+                raise
+            if run_id is not None:
+                client.set_terminated(run_id, "FAILED")
+            raise IlotsError(missing) from None
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here
         if run_id is not None and trainer.global_rank == 0:
             end_interrupted_run(client, run_id, why)
