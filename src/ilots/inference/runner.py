@@ -49,6 +49,7 @@ from ilots.inference.options import PredictOptions
 from ilots.inference.progress import Progress, size_line
 from ilots.inference.resume import is_complete, output_paths, signature
 from ilots.inference.scale import InputScale
+from ilots.inference.shards import Item, part_path, part_signature, plan
 from ilots.inference.writer import BlockWriter, output_profile
 from ilots.models.family import SegmentationModel
 
@@ -365,8 +366,6 @@ def predict_orthos(
     :func:`ilots.inference.shards.plan`: whole inputs, or shards of rows when there are fewer inputs
     than ranks) into ``out_dir/<stem>.tif``; the summary per item (sharded inputs are assembled by
     :func:`ilots.inference.shards.finish` once every rank is done)."""
-    from ilots.inference.shards import plan, predict_part
-
     options = options or PredictOptions()
     check_unique_stems(orthos)
     segmenter.to(resolve_device(options.device, rank))
@@ -378,3 +377,32 @@ def predict_orthos(
         else:
             summary[item.key] = predict_part(segmenter, item, out_dir, options, fp)
     return summary
+
+
+def predict_part(
+    segmenter: Any, item: Item, out_dir: Path, options: PredictOptions, fp: str
+) -> dict[str, Any]:
+    """Predict one shard into its part unless the output or the part is already complete."""
+    assert item.rows is not None
+    expected = signature(fp, options, item.ortho)
+    if not options.overwrite and is_complete(output_paths(item.ortho, out_dir, False), expected):
+        return {"skipped": True}
+    part = part_path(item, out_dir)
+    wanted = part_signature(expected, item)
+    with output_lock(part):
+        if not options.overwrite and is_complete([part], wanted):
+            with rasterio.open(part) as done:
+                return {"pixels": json.loads(done.tags()["ILOTS_COUNTS"]), "part_skipped": True}
+        remove_stale_parts(part)
+        log.info(
+            "%s: predicting rows of shard %d of %d into %s",
+            item.ortho.name,
+            item.shard + 1,
+            item.shards,
+            part,
+        )
+        counts = predict_raster(segmenter, item.ortho, part, options, shard=item.rows)
+        # the signature last: a part killed before it is redone
+        with rasterio.open(part, "r+") as done:
+            done.update_tags(ILOTS_COUNTS=json.dumps(counts), ILOTS_SIGNATURE=wanted)
+    return {"pixels": counts}

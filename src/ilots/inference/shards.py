@@ -30,7 +30,6 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path
 from ilots.core.rasters import open_georaster, write_cog
 from ilots.inference.grid import WindowGrid
-from ilots.inference.locks import output_lock, remove_stale_parts
 from ilots.inference.options import PredictOptions
 from ilots.inference.resume import is_complete, output_paths, signature
 
@@ -83,37 +82,6 @@ def part_path(item: Item, out_dir: Path) -> Path:
 def part_signature(expected: str, item: Item) -> str:
     assert item.rows is not None
     return f"{expected}:rows{item.rows[0]}-{item.rows[1]}"
-
-
-def predict_part(
-    segmenter: Any, item: Item, out_dir: Path, options: PredictOptions, fp: str
-) -> dict[str, Any]:
-    """Predict one shard into its part unless the output or the part is already complete."""
-    from ilots.inference.runner import predict_raster
-
-    assert item.rows is not None
-    expected = signature(fp, options, item.ortho)
-    if not options.overwrite and is_complete(output_paths(item.ortho, out_dir, False), expected):
-        return {"skipped": True}
-    part = part_path(item, out_dir)
-    wanted = part_signature(expected, item)
-    with output_lock(part):
-        if not options.overwrite and is_complete([part], wanted):
-            with rasterio.open(part) as done:
-                return {"pixels": json.loads(done.tags()["ILOTS_COUNTS"]), "part_skipped": True}
-        remove_stale_parts(part)
-        log.info(
-            "%s: predicting rows of shard %d of %d into %s",
-            item.ortho.name,
-            item.shard + 1,
-            item.shards,
-            part,
-        )
-        counts = predict_raster(segmenter, item.ortho, part, options, shard=item.rows)
-        # the signature last: a part killed before it is redone
-        with rasterio.open(part, "r+") as done:
-            done.update_tags(ILOTS_COUNTS=json.dumps(counts), ILOTS_SIGNATURE=wanted)
-    return {"pixels": counts}
 
 
 def _vrt(parts: Sequence[tuple[Path, int, int]], src: Any) -> str:
