@@ -4,20 +4,17 @@ second training into a busy folder. Every case fails in seconds, before any heav
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from corpus import Case, check
-from local_http import serve
+from local_http import free_port, serve, silent_server
 from rasters import REPO
 
 from ilots.pipeline.config import write_params
@@ -35,41 +32,6 @@ class Servers:
     silent: str  # accepts connections, never answers
     rejecting: str  # answers /health, refuses every API call with 401
     empty: str  # answers /health, knows no project (404)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def silent_server() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers a byte."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    sock.settimeout(0.1)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in accepted:
-            conn.close()
-        sock.close()
 
 
 def _stub(status: int, detail: str) -> type[BaseHTTPRequestHandler]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from local_http import free_port
 from rasters import sharing_project, tiny_city_tiles
 
 from ilots.core.errors import IlotsError
@@ -168,14 +169,6 @@ def test_ddp_over_two_cpu_processes_reaches_single_process_quality(project: Path
         assert out.returncode == 0, out.stderr[-3000:]
         scores[name] = json.loads(out.stdout[out.stdout.index("{") :])["val_miou"]
     assert scores["ddp"] > scores["single"] - 0.1, scores
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def node_env(node_rank: int, port: int) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from local_http import free_port
 
 LS_VERSION = "1.23.2"
 USERNAME = "annotator@ilots.test"
@@ -51,12 +51,6 @@ def ensure_venv() -> Path:
     subprocess.run([*_uv(), "pip", "install", "--quiet", f"label-studio=={LS_VERSION}"], check=True, env=env)
     (venv / _COMPLETE).write_text(LS_VERSION)
     return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from local_http import serve
+from local_http import silent_server as accept_and_stay_silent
 from ls_server import Server, free_port
 from test_labeling_roundtrip import REPO, TILE, annotate, brush_result, run, run_error, write_ortho16
 
@@ -59,28 +58,8 @@ def test_server_down_fails_after_bounded_retries_and_keeps_the_snapshot(
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A socket that accepts connections and never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        sock.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(sock.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    sock.close()
+    with accept_and_stay_silent() as url:
+        yield url
 
 
 def test_server_not_answering_times_out_after_bounded_retries(silent_server: str) -> None:
