@@ -296,94 +296,72 @@ def cut_tiles(
             f"tiles.size={size}, tiles.overlap={overlap}, tiles.block={block}: "
             "need 0 <= overlap < size <= block."
         )
-    with bounded_cache():
-        return _cut_tiles(
-            orthos_dir, masks_dir, out_dir, size=size, overlap=overlap, block=block, split=split,
-            min_annotated=min_annotated, classes=classes, seed=seed, fill=fill, areas=areas,
-        )  # fmt: skip
-
-
-def _cut_tiles(
-    orthos_dir: Path,
-    masks_dir: Path,
-    out_dir: Path,
-    *,
-    size: int,
-    overlap: int,
-    block: int,
-    split: Mapping[str, float],
-    min_annotated: float,
-    classes: Sequence[str],
-    seed: int,
-    fill: Fill | None,
-    areas: Mapping[str, Any] | None,
-) -> dict[str, object]:
-    """:func:`cut_tiles` once its settings are checked (in a bounded GDAL cache)."""
-    orthos = list_orthos(orthos_dir)
-    named_areas = SplitAreas.from_setting(areas, orthos)
-    sources, bands, band_names = [], None, None
-    dtype: str | None = None
-    for path in orthos:
-        src = OrthoMask.check(path, masks_dir / f"{path.stem}.tif", fill)
-        if bands is not None and len(src.bands) != bands:
-            raise IlotsError(
-                f"orthophoto {path} has {len(src.bands)} data bands but {orthos[0]} has {bands}: "
-                "all orthophotos of one project need the same bands."
-            )
-        bands = len(src.bands)
-        with open_georaster(path) as ortho:
-            band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in src.bands]
-            dtype = ortho.dtypes[src.bands[0] - 1]  # recorded in the model bundle: the scale it expects
-        sources.append(src)
-    if named_areas.splits:
-        named_areas.check_annotated(
-            lambda: ((src.ortho, src.crs, *piece) for src in sources for piece in src.windows())
-        )
-    used_block, annotated, named = sized_blocks(sources, named_areas, block, size)
-    splits = assign_splits(list(annotated), split, seed, named)
-    with atomic_path(out_dir) as tmp:
-        chips = write_chips(
-            tmp, splits, {src.ortho: src for src in sources}, size, size - overlap, min_annotated
-        )
-        counts = {s: sum(c["split"] == s for c in chips) for s in SPLITS}
-        for name, n in counts.items():
-            if n == 0:
+    with bounded_cache():  # window by window: memory flat in the rasters' size
+        orthos = list_orthos(orthos_dir)
+        named_areas = SplitAreas.from_setting(areas, orthos)
+        sources, bands, band_names = [], None, None
+        dtype: str | None = None
+        for path in orthos:
+            src = OrthoMask.check(path, masks_dir / f"{path.stem}.tif", fill)
+            if bands is not None and len(src.bands) != bands:
                 raise IlotsError(
-                    f"no chip with at least {min_annotated:.0%} annotated pixels fell in the {name} split: "
-                    "annotate more tiles, or lower tiles.size / tiles.min_annotated."
+                    f"orthophoto {path} has {len(src.bands)} data bands but {orthos[0]} has {bands}: "
+                    "all orthophotos of one project need the same bands."
                 )
-        stats = band_stats(tmp, [c for c in chips if c["split"] == "train"], bands or 0)
-        write_json(tmp / "stats.json", {"band_names": band_names, "dtype": dtype, **stats})
-        write_json(
-            tmp / "index.json",
-            {
-                "size": size,
-                "overlap": overlap,
-                "block": used_block,
-                "bands": bands,
-                "band_names": band_names,
-                "classes": list(classes),
-                "blocks": [
-                    {
-                        "split": name,
-                        "ortho": blk.ortho.name,
-                        "row_off": blk.row_off,
-                        "col_off": blk.col_off,
-                        "height": blk.height,
-                        "width": blk.width,
-                        "annotated": annotated[blk],
-                    }
-                    for blk, name in splits.items()
-                ],
-                "chips": chips,
-            },
-        )
-    return {
-        "chips": counts,
-        "blocks": {s: sum(v == s for v in splits.values()) for s in SPLITS},
-        "block": used_block,
-        "bands": bands,
-    }
+            bands = len(src.bands)
+            with open_georaster(path) as ortho:
+                band_names = [ortho.descriptions[i - 1] or f"band{i}" for i in src.bands]
+                dtype = ortho.dtypes[src.bands[0] - 1]  # recorded in the model bundle: the scale it expects
+            sources.append(src)
+        if named_areas.splits:
+            named_areas.check_annotated(
+                lambda: ((src.ortho, src.crs, *piece) for src in sources for piece in src.windows())
+            )
+        used_block, annotated, named = sized_blocks(sources, named_areas, block, size)
+        splits = assign_splits(list(annotated), split, seed, named)
+        with atomic_path(out_dir) as tmp:
+            chips = write_chips(
+                tmp, splits, {src.ortho: src for src in sources}, size, size - overlap, min_annotated
+            )
+            counts = {s: sum(c["split"] == s for c in chips) for s in SPLITS}
+            for name, n in counts.items():
+                if n == 0:
+                    raise IlotsError(
+                        f"no chip with at least {min_annotated:.0%} annotated pixels fell in the {name} "
+                        "split: annotate more tiles, or lower tiles.size / tiles.min_annotated."
+                    )
+            stats = band_stats(tmp, [c for c in chips if c["split"] == "train"], bands or 0)
+            write_json(tmp / "stats.json", {"band_names": band_names, "dtype": dtype, **stats})
+            write_json(
+                tmp / "index.json",
+                {
+                    "size": size,
+                    "overlap": overlap,
+                    "block": used_block,
+                    "bands": bands,
+                    "band_names": band_names,
+                    "classes": list(classes),
+                    "blocks": [
+                        {
+                            "split": name,
+                            "ortho": blk.ortho.name,
+                            "row_off": blk.row_off,
+                            "col_off": blk.col_off,
+                            "height": blk.height,
+                            "width": blk.width,
+                            "annotated": annotated[blk],
+                        }
+                        for blk, name in splits.items()
+                    ],
+                    "chips": chips,
+                },
+            )
+        return {
+            "chips": counts,
+            "blocks": {s: sum(v == s for v in splits.values()) for s in SPLITS},
+            "block": used_block,
+            "bands": bands,
+        }
 
 
 def write_chips(
