@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_predict import CONV1X1, UNET, make_bundle, make_raster
+from bench_predict import square_inputs
 
 CHILD = """
 import json, resource, sys, time
@@ -67,10 +67,7 @@ def main() -> None:
     parser.add_argument("--data", default="/tmp/ilots-bench")
     args = parser.parse_args()
     data = Path(args.data)
-    raster = make_raster(data / f"ortho-{args.size}x{args.size}.tif", args.size, args.size)
-    bundle = data / f"model-{args.model}"
-    if not bundle.is_dir():
-        make_bundle(bundle, UNET if args.model == "unet" else CONV1X1)
+    raster, bundle = square_inputs(data, args.size, args.model)
     times: dict[str, list[float]] = {"A": [], "B": []}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     rss: dict[str, float] = {}

@@ -101,6 +101,16 @@ def make_bundle(folder: Path, net: dict) -> Path:
     return folder
 
 
+def model_bundle(data: Path, model: str) -> Path:
+    """The bundle of ``model`` (``unet`` or ``conv1x1``) under ``data``, made once."""
+    return make_bundle(data / f"model-{model}", UNET if model == "unet" else CONV1X1)
+
+
+def square_inputs(data: Path, size: int, model: str) -> tuple[Path, Path]:
+    """A ``size`` px square orthophoto and the bundle of ``model`` under ``data``, made once."""
+    return make_raster(data / f"ortho-{size}x{size}.tif", size, size), model_bundle(data, model)
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process: end-to-end, then forward-only; prints a JSON line."""
     import torch
@@ -214,7 +224,7 @@ def main() -> None:
         child(args)
         return
     data = Path(args.data)
-    bundle = make_bundle(data / f"model-{args.model}", UNET if args.model == "unet" else CONV1X1)
+    bundle = model_bundle(data, args.model)
     results = []
     for size in args.sizes:
         height = args.height or size

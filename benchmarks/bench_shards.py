@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_predict import CONV1X1, UNET, make_bundle, make_raster
+from bench_predict import square_inputs
 
 CHILD = """
 import json, resource, sys, time
@@ -59,10 +59,7 @@ def main() -> None:
     parser.add_argument("--data", default="/tmp/ilots-bench")
     args = parser.parse_args()
     data = Path(args.data)
-    raster = make_raster(data / f"ortho-{args.size}x{args.size}.tif", args.size, args.size)
-    bundle = data / f"model-{args.model}"
-    if not bundle.is_dir():
-        make_bundle(bundle, UNET if args.model == "unet" else CONV1X1)
+    raster, bundle = square_inputs(data, args.size, args.model)
     counts = [1, *args.workers]
     times: dict[int, list[float]] = {n: [] for n in counts}
     rss: dict[int, float] = {}

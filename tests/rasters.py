@@ -95,3 +95,28 @@ def sharing_project(tiles: Path, root: Path, mp: pytest.MonkeyPatch) -> Path:
     for shared in ("experiments/tiles", "experiments/masks", "data"):
         (root / shared).symlink_to(tiles / shared)
     return root
+
+
+def dvc_project(root: Path) -> dict[str, str]:
+    """Make ``root`` a copy of this project for a real ``dvc repro`` (conf/, src/, labeling/,
+    dvc.yaml, the tiny experiment as default); the environment to run git, dvc and ilots in
+    (this interpreter's tools first, no setting that reaches a user's servers, a git identity)."""
+    import os
+    import shutil
+    import sys
+
+    for item in ("conf", "src", "labeling"):
+        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / item, root / item)
+    config = root / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABEL_STUDIO_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.org",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.org",
+    )
+    return env

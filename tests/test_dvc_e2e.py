@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from rasters import REPO
+from rasters import dvc_project
 from scipy import ndimage
 
 from ilots.sample.city import generate_sample_city
@@ -27,20 +24,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[np.ndarray]]:
     """A fresh git + DVC project with the tiny sample city and the tiny experiment as default."""
     root = tmp_path_factory.mktemp("city")
-    for item in ("conf", "src", "labeling"):
-        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / item, root / item)
-    config = root / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABEL_STUDIO_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.org",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.org",
-    )
+    env = dvc_project(root)
     truth = generate_sample_city(root / "data", size=256, labeling_tile=128, return_truth=True)["truth"]
     for cmd in (
         ["git", "init", "-q"],

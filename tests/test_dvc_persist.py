@@ -4,15 +4,12 @@ without `persist: true`), and a successful run replaces them whole (no stale fil
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from corpus import fingerprint
-from rasters import REPO
+from rasters import dvc_project
 
 from ilots.sample.city import generate_sample_city
 
@@ -28,20 +25,7 @@ def dvc(cmd: list[str], root: Path, env: dict[str, str], ok: bool = True) -> sub
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git + DVC project with the tiny sample city, its masks and tiles made by `dvc repro tiles`."""
     root = tmp_path_factory.mktemp("persist")
-    for item in ("conf", "src", "labeling"):
-        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / item, root / item)
-    config = root / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: tiny"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABEL_STUDIO_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.org",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.org",
-    )
+    env = dvc_project(root)
     generate_sample_city(root / "data", size=256, labeling_tile=128)
     for cmd in (
         ["git", "init", "-q"],
