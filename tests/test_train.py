@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ from ilots.models.nets import build_net
 from ilots.pipeline.config import compose
 
 UNET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None}
+if TYPE_CHECKING:
+    import lightning as L
+
 QUICK = ["experiment=tiny", "train.early_stopping_patience=0", "train.overlays=2", "data.batch_size=8"]
 
 
@@ -331,13 +335,26 @@ def test_two_trainings_get_different_names_saying_what_was_trained(project: Path
     assert names[0].removeprefix("unet-resnet18-ce-") != names[1].removeprefix("unet-resnet18-ce_dice-")
 
 
+def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
+    """Trainings of this test get ``callback`` first (to interrupt them at a chosen point)."""
+    import ilots.training.fit as train_module
+
+    make_trainer = train_module.make_trainer
+
+    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
+        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.insert(0, callback)
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+
+
 def test_ctrl_c_ends_the_run_killed_and_resume_continues_from_the_last_epoch_not_the_best(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import lightning as L
     import mlflow
 
-    import ilots.training.fit as train_module
     from ilots.pipeline.train import train
 
     # a learning rate too small to change a prediction: validation never improves after epoch 0
@@ -350,14 +367,7 @@ def test_ctrl_c_ends_the_run_killed_and_resume_continues_from_the_last_epoch_not
             if trainer.current_epoch == 2 and not trainer.ckpt_path:
                 raise KeyboardInterrupt
 
-    make_trainer = train_module.make_trainer
-
-    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
-        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
-        trainer.callbacks.insert(0, CtrlCAfterSecondEpoch())
-        return trainer
-
-    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+    with_callback(monkeypatch, CtrlCAfterSecondEpoch())
     with pytest.raises(KeyboardInterrupt):
         train(compose(overrides))
     (folder,) = (project / "experiments" / "checkpoints").iterdir()
@@ -380,21 +390,13 @@ def test_sigterm_ends_the_run_killed(project: Path, monkeypatch: pytest.MonkeyPa
     import lightning as L
     import mlflow
 
-    import ilots.training.fit as train_module
     from ilots.pipeline.train import train
 
     class TermInFirstEpoch(L.Callback):
         def on_train_batch_end(self, *args: object) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a cluster's scheduler sends it
 
-    make_trainer = train_module.make_trainer
-
-    def trainer_with(*args: object, **kwargs: object) -> L.Trainer:
-        trainer = make_trainer(*args, **kwargs)  # type: ignore[arg-type]
-        trainer.callbacks.insert(0, TermInFirstEpoch())
-        return trainer
-
-    monkeypatch.setattr(train_module, "make_trainer", trainer_with)
+    with_callback(monkeypatch, TermInFirstEpoch())
     previous = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
