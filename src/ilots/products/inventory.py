@@ -153,6 +153,7 @@ class Inventory:
             with rasterio.open(self.orthos.pieces[0].path) as src:
                 self.roles = BandRoles.of(src, settings.bands)
         self.buildings = buildings
+        self._footprints: tuple[tuple[float, ...], Any] | None = None  # (bounds, features) last read
         origin = (self.mosaic.transform.c, self.mosaic.transform.f)
         self.crowns = CrownSplitter(settings.crowns, abs(self.mosaic.transform.a), origin, self.mosaic.crs)
         self.notes: list[str] = []
@@ -219,6 +220,30 @@ class Inventory:
             for i, g in enumerate(bodies)
         ]
 
+    def footprints(self, bounds: tuple[float, ...]) -> Any:
+        """The building layer's features within ``bounds`` (in the predictions' CRS), read once for
+        a row of windows: the roofs of a row are cut along them, then joined to them."""
+        import geopandas as gpd
+
+        from ilots.core.vectors import read_layer
+
+        assert self.buildings is not None
+        held = self._footprints[0] if self._footprints is not None else None
+        slack = 1e-6 * abs(self.mosaic.transform.a)  # cut roofs' bounds may differ by a rounding
+        inside = held is not None and (
+            held[0] <= bounds[0] + slack
+            and held[1] <= bounds[1] + slack
+            and held[2] >= bounds[2] - slack
+            and held[3] >= bounds[3] - slack
+        )
+        if not inside:  # the features within a larger box hold every feature within a smaller one
+            layer = self.buildings
+            box = gpd.GeoSeries([shapely.box(*bounds)], crs=self.mosaic.crs)
+            read = read_layer(layer.path, layer=layer.layer, what="building layer", bbox=box)
+            self._footprints = (bounds, read)
+        assert self._footprints is not None
+        return self._footprints[1]
+
     def split_roofs(self, roofs: list[BaseGeometry]) -> list[BaseGeometry]:
         """``roofs`` cut along the building footprints where one covers several buildings."""
         minimum = self.settings.split_min_m2
@@ -226,14 +251,10 @@ class Inventory:
             return roofs
         import geopandas as gpd
 
-        from ilots.core.vectors import read_layer
         from ilots.products.roofsplit import split_roofs
 
         crs, transform = self.mosaic.crs, self.mosaic.transform
-        frame = gpd.GeoDataFrame(geometry=roofs, crs=crs)
-        box = gpd.GeoSeries([shapely.box(*frame.total_bounds)], crs=crs)
-        layer = self.buildings
-        footprints = read_layer(layer.path, layer=layer.layer, what="building layer", bbox=box)
+        footprints = self.footprints(tuple(gpd.GeoSeries(roofs, crs=crs).total_bounds))
         if not len(footprints):
             return roofs
         x, y = transform * (0, 0)
@@ -311,20 +332,19 @@ def _rectangle_sides(rect: BaseGeometry) -> tuple[float, float]:
     return (max(a, b), min(a, b))
 
 
-def _join_buildings(frame: Any, layer: BuildingLayer | None, s: InventorySettings) -> Any:
+def _join_buildings(frame: Any, inventory: Inventory, s: InventorySettings) -> Any:
     """Roof areas, then the building each roof overlaps most, its height and roof altitudes."""
     import geopandas as gpd
     import pandas as pd
 
-    from ilots.core.vectors import read_layer
+    layer = inventory.buildings
 
     area = _metric(frame).geometry.area
     frame.insert(1, "area_m2", area.round(1))
     for name in ("building_id", "building_height_m", "roof_min_alt_m", "roof_max_alt_m"):
         frame[name] = None
     if layer is not None:
-        box = gpd.GeoSeries([frame.union_all().envelope], crs=frame.crs)
-        buildings = read_layer(layer.path, layer=layer.layer, what="building layer", bbox=box)
+        buildings = inventory.footprints(tuple(frame.total_bounds))
         wanted = {
             "id": layer.id,
             "height": layer.height,
@@ -478,7 +498,7 @@ def _fill(inventory: Inventory, tmp: Path, counts: dict[str, int], areas: dict[s
             elif layer == "water":
                 frame = _measure_water(frame, settings)
             else:
-                frame = _join_buildings(frame, buildings, settings)
+                frame = _join_buildings(frame, inventory, settings)
             frame = _typed(frame, layer)
             _write(frame, tmp, layer, first=not tmp.exists())
             counts[layer] += len(frame)
