@@ -4,16 +4,20 @@ For every raster size it generates (once, windowed, under ``--data``) a 4-band u
 fresh subprocess per size (so that peak resident memory is that size's alone):
 
 * end-to-end: ``predict_raster`` (read, forward, blend, write, COG) on the raster, in raster Mpx/s;
-* forward-only: the same model on in-memory batches of the same window and batch size, timed per batch
-  (median of ``--forward-batches``) and scaled to the number of batches the raster needs: the
-  throughput the hardware allows if reading, blending and writing cost nothing, in raster Mpx/s;
+* forward-only: the same model on in-memory batches of the same window and batch size, already
+  normalized (``prepare``: the reader threads' work), timed per batch (median of ``--forward-batches``)
+  and scaled to the number of batches the raster needs: the throughput the hardware allows if reading,
+  normalizing, blending and writing cost nothing, in raster Mpx/s;
 * their ratio, and the subprocess's peak resident memory (``ru_maxrss``).
 
 The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16]), random weights.
 ``--model conv1x1`` swaps it for a 1x1 convolution to measure the I/O path and memory alone.
 
     uv run python benchmarks/bench_predict.py --sizes 4096 16384 [--height 2048] [--device cuda]
-        [--precision fp32 bf16]
+        [--precision fp32 bf16] [--workers 1 2]
+
+``--workers N``: the run may use N cores (CPU affinity), with N torch threads, N reader threads and
+GDAL's N threads: the scaling of the data path with cores.
 
 Prints one line per size and precision, and a JSON summary. Not a test: figures depend on the machine.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -122,6 +127,9 @@ def child(args: argparse.Namespace) -> None:
     from ilots.inference.runner import predict_raster
     from ilots.models.bundle import Segmenter
 
+    if args.workers:  # this many cores for everything: torch's threads, reader threads, GDAL's
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.workers])
+        torch.set_num_threads(args.workers)
     segmenter = Segmenter.load(Path(args.bundle)).to(resolve_device(args.device))
     raster = Path(args.raster)
     out = Path(args.out)
@@ -132,7 +140,8 @@ def child(args: argparse.Namespace) -> None:
     grid = WindowGrid(height, width, args.window, args.overlap)
     n_batches = -(-len(grid.keys()) // args.batch_size)
     rng = np.random.default_rng(1)
-    batch = rng.integers(0, 255, (args.batch_size, BANDS, *grid.size), dtype=np.uint8)
+    raw = rng.integers(0, 255, (args.batch_size, BANDS, *grid.size), dtype=np.uint8)
+    batch = segmenter.prepare(raw)  # normalized: the reader threads' work, not the model's
     sync = torch.cuda.synchronize if segmenter.device.type == "cuda" else (lambda: None)
 
     def forward_times(n: int) -> list[float]:
@@ -163,7 +172,11 @@ def child(args: argparse.Namespace) -> None:
         raster,
         out / "classes.tif",
         PredictOptions(
-            window=args.window, overlap=args.overlap, batch_size=args.batch_size, precision=args.precision
+            window=args.window,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            readers=args.workers or 2,
         ),
         probabilities=out / "probabilities.tif" if args.probabilities else None,
     )
@@ -194,6 +207,7 @@ def child(args: argparse.Namespace) -> None:
                 "device": str(segmenter.device),
                 "precision": args.precision,
                 "torch_threads": torch.get_num_threads(),
+                "workers": args.workers or len(os.sched_getaffinity(0)),
             }
         )
     )
@@ -213,6 +227,13 @@ def main() -> None:
     parser.add_argument("--model", choices=["unet", "conv1x1"], default="unet")
     parser.add_argument("--probabilities", action="store_true")
     parser.add_argument("--forward-batches", type=int, default=7)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="cores per run (torch threads, reader threads, GDAL's threads; 0: all, 2 readers)",
+    )
     parser.add_argument("--data", default="/tmp/ilots-bench")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raster", help=argparse.SUPPRESS)
@@ -220,7 +241,7 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.precision = args.precision[0]
+        args.precision, args.workers = args.precision[0], args.workers[0]
         child(args)
         return
     data = Path(args.data)
@@ -229,12 +250,12 @@ def main() -> None:
     for size in args.sizes:
         height = args.height or size
         raster = make_raster(data / f"ortho-{height}x{size}.tif", height, size)
-        for precision in args.precision:
-            out = data / f"out-{height}x{size}-{args.model}-{precision}"
+        for precision, workers in [(p, w) for p in args.precision for w in args.workers]:
+            out = data / f"out-{height}x{size}-{args.model}-{precision}-{workers}"
             cmd = [sys.executable, __file__, "--child", "--raster", str(raster), "--bundle", str(bundle)]
             cmd += ["--out", str(out), "--window", str(args.window), "--overlap", str(args.overlap)]
             cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--precision", precision]
-            cmd += ["--forward-batches", str(args.forward_batches)]
+            cmd += ["--forward-batches", str(args.forward_batches), "--workers", str(workers)]
             cmd += ["--probabilities"] if args.probabilities else []
             line = (
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -244,7 +265,8 @@ def main() -> None:
             result = {"model": args.model, **json.loads(line)}
             results.append(result)
             print(
-                f"{result['raster']} {args.model} {precision}: end-to-end {result['end_to_end_mpx_s']:.3f} "
+                f"{result['raster']} {args.model} {precision} {result['workers']} worker(s): "
+                f"end-to-end {result['end_to_end_mpx_s']:.3f} "
                 f"Mpx/s, forward-only {result['forward_only_mpx_s']:.3f} Mpx/s, ratio {result['ratio']:.2f}, "
                 f"model busy {result['forward_busy_in_run']:.2f} of the run, "
                 f"peak RSS {result['peak_rss_mb']:.0f} MB",

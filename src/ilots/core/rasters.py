@@ -35,15 +35,18 @@ from ilots.core.errors import IlotsError
 from ilots.core.files import atomic_path, final_name, write_failure
 
 COG_BLOCK = 512  # tile size of Cloud-Optimized outputs
-GDAL_CACHE_MB = 64  # GDAL's block cache in window-by-window stages: its default grows to 5 % of RAM
+# GDAL's block cache in window-by-window stages (its default grows to 5 % of RAM). In BYTES: rasterio
+# hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, so 64 meant 64 bytes (no cache at all) here
+# until December 2026.
+GDAL_CACHE_BYTES = 64 * 2**20
 _FULL_DISK = 1 << 20  # free bytes below which a failed write is put down to a full disk
 
 
 def bounded_cache() -> rasterio.Env:
-    """An environment where GDAL's block cache holds at most :data:`GDAL_CACHE_MB`: a stage working
+    """An environment where GDAL's block cache holds at most :data:`GDAL_CACHE_BYTES`: a stage working
     window by window then has a memory flat in the rasters' size (GDAL's default cache, a share of
     the machine's memory, would keep what was read and written of a whole orthophoto)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 def open_georaster(path: str | os.PathLike[str]) -> DatasetReader:
@@ -360,14 +363,15 @@ def write_raster(
         dst.write(array)
 
 
-def write_cog(raw: Path, dest: Path, resampling: str) -> None:
+def write_cog(raw: Path, dest: Path, resampling: str, level: int = 6) -> None:
     """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF with overviews (``MODE`` for classes,
-    ``AVERAGE`` for continuous values)."""
+    ``AVERAGE`` for continuous values), DEFLATE-compressed at ``level`` (1..12)."""
     rasterio.shutil.copy(
         raw,
         dest,
         driver="COG",
         COMPRESS="DEFLATE",
+        LEVEL=str(level),
         BLOCKSIZE=str(COG_BLOCK),
         OVERVIEWS="IGNORE_EXISTING",
         OVERVIEW_RESAMPLING=resampling,

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
+from ilots.core.kernels import accumulate, as_float32
 from ilots.inference.grid import WindowGrid
 
 
@@ -74,7 +75,7 @@ class Blender:
         The block holds weighted sums (not yet divided by the weight sum; their argmax is the class).
         """
         g = self.grid
-        weighted = probs * g.weights(i, j)
+        probs, weights = as_float32(probs), g.weights(i, j)
         x0, width = g.cols[j], g.size[1]
         for k in range(j, len(g.cols)):
             c0, c1 = g.block_cols(k)
@@ -82,8 +83,7 @@ class Blender:
                 break
             if k not in self.live:
                 self.live[k] = self._open(i, k)
-            end = min(c1, x0 + width)
-            self.live[k][:, :, : end - c0] += weighted[:, :, c0 - x0 : end - x0]
+            accumulate(self.live[k], probs, weights, c0 - x0, min(c1, x0 + width) - c0)
         return self._finish(i, j)
 
     def _open(self, i: int, k: int) -> NDArray[Any]:

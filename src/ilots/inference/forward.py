@@ -32,20 +32,17 @@ def resolve_device(device: str, rank: int = 0) -> str:
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-def forward(segmenter: SegmentationModel, batch: NDArray[Any], *, tta: bool, precision: str) -> NDArray[Any]:
-    """Class probabilities (N, classes, H, W) float32 for a raw batch, averaged over flips with ``tta``.
-
-    The batch goes to the model's device (a random forest stays on the CPU)."""
-    image = torch.from_numpy(batch)
-    device = segmenter.device
-    if device.type == "cuda":
-        image = image.pin_memory().to(device, non_blocking=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def forward(segmenter: SegmentationModel, batch: torch.Tensor, *, tta: bool, precision: str) -> NDArray[Any]:
+    """Class probabilities (N, classes, H, W) float32 for a batch made by the model's ``prepare``,
+    averaged over flips with ``tta``."""
+    if segmenter.device.type == "cuda" and batch.device.type == "cpu":  # once, before any flip
+        batch = batch.pin_memory().to(segmenter.device, non_blocking=True)
+    autocast = torch.autocast(segmenter.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with autocast, torch.inference_mode():
         probs = None
         for dims in TTA_FLIPS if tta else ((),):
-            flipped = torch.flip(image, dims) if dims else image
-            p = segmenter.predict_proba(flipped)
+            flipped = torch.flip(batch, dims) if dims else batch
+            p = segmenter.predict_prepared(flipped)
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p
         assert probs is not None

@@ -35,6 +35,7 @@ class PredictOptions:
     fill: float | str | None = None  # imagery.fill: a pixel value, "auto" or None
     fill_tolerance: float = 0.0
     input_max: float | None = None  # the input value mapped onto the top of the model's scale
+    compress_level: int = 1  # DEFLATE level of the output COGs: the same pixels at any level
 
     def __post_init__(self) -> None:
         if min(self.window, self.batch_size, self.devices, self.readers) < 1:
@@ -44,6 +45,11 @@ class PredictOptions:
         if not 0 <= self.overlap < self.window:
             raise IlotsError(
                 f"predict.overlap={self.overlap} must lie in [0, predict.window={self.window}): lower it."
+            )
+        if not (isinstance(self.compress_level, int) and 1 <= self.compress_level <= 12):
+            raise IlotsError(
+                f"predict.compress_level={self.compress_level!r} must be an integer from 1 to 12 (the "
+                "DEFLATE level of the output COGs)."
             )
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
             raise IlotsError(

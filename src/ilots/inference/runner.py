@@ -1,12 +1,15 @@
 """Predicting whole orthophotos, streamed window by window into Cloud-Optimized GeoTIFFs.
 
 Peak memory does not grow with the raster (see :mod:`ilots.inference.blending`). Reader threads
-(``predict.readers``) read the next batches (each its own dataset handle), the calling thread runs
-the forward pass (torch releases the GIL), a writer thread blends, masks and writes finished blocks
-(its own handles); each stage hands the next one a bounded number of batches. Blocks go to a
-tiled GeoTIFF under a temporary name, which is then copied to a COG with overviews (mode for
-classes, average for probabilities) and renamed into place: a killed run leaves no output
-half-written.
+(``predict.readers``) read the next batches, assembled from units of the orthophoto each decoded
+once (:mod:`ilots.inference.reading`), and normalize them (the model's ``prepare``, compiled); the
+calling thread runs the forward pass (torch releases the GIL); a writer thread blends, masks and
+writes finished blocks (compiled loops, :mod:`ilots.core.kernels`). Each stage hands the next one a
+bounded number of batches; on a CPU the reader and writer threads run at a lower priority, so that
+they fill the forward pass's idle time instead of preempting its threads. Blocks go to an
+uncompressed tiled GeoTIFF under a temporary name, which is then copied to a COG with overviews
+(mode for classes, average for probabilities; DEFLATE at ``predict.compress_level``) and renamed
+into place: a killed run leaves no output half-written.
 
 Before any work, an orthophoto is refused in one sentence when its bands, its orientation (rotated
 or not north-up) or its values (:mod:`ilots.inference.scale`) do not fit the model; a failed write
@@ -28,8 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rasterio
+import torch
 from numpy.typing import NDArray
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
@@ -47,6 +50,7 @@ from ilots.inference.grid import WindowGrid
 from ilots.inference.locks import output_lock, remove_stale_parts
 from ilots.inference.options import PredictOptions
 from ilots.inference.progress import Progress, size_line
+from ilots.inference.reading import Handles, WindowReader, unit_shape
 from ilots.inference.resume import is_complete, output_paths, signature
 from ilots.inference.scale import InputScale
 from ilots.inference.shards import Item, part_path, part_signature, plan
@@ -55,8 +59,18 @@ from ilots.models.family import SegmentationModel
 
 log = logging.getLogger("ilots.predict")
 
-GDAL_CACHE_MB = 256  # GDAL's block cache while writing: bounds the partly written tiles kept in memory
+# GDAL's block cache while predicting, in bytes (rasterio passes an integer to GDALSetCacheMax64: the
+# 256 written here before December 2026 meant 256 bytes). Small: the orthophoto is decoded once into
+# units (:mod:`ilots.inference.reading`) and the outputs are written a whole tile row at a time.
+GDAL_CACHE_BYTES = 16 * 2**20
 PREFETCH = 2  # batches read ahead of the forward pass
+BACKGROUND_NICE = 10  # the data path's threads beside a forward pass on the CPU
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread's own nice value)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 class _Pipeline:
@@ -67,24 +81,29 @@ class _Pipeline:
 
     def __init__(
         self,
-        read: Callable[[Any], NDArray[Any]],
+        read: Callable[[Any], Any],
         write: Callable[[Any, NDArray[Any]], None],
         readers: int = 1,
+        yield_cpu: bool = False,
     ) -> None:
+        """``yield_cpu``: the reader and writer threads run at a lower priority (nice +10), so that on
+        a CPU the forward pass's threads are not preempted by them and they fill its idle time."""
         self.read, self.write, self.readers = read, write, max(1, readers)
+        self.yield_cpu = yield_cpu
 
     def run(
         self,
         batches: Sequence[Any],
-        infer: Callable[[NDArray[Any]], NDArray[Any]],
+        infer: Callable[[Any], NDArray[Any]],
         done: Callable[[int], None] = lambda n: None,
     ) -> None:
         ahead = PREFETCH * self.readers
+        background = _lower_priority if self.yield_cpu else None
         with (
-            ThreadPoolExecutor(self.readers, "ilots-read") as reader,
-            ThreadPoolExecutor(1, "ilots-write") as writer,
+            ThreadPoolExecutor(self.readers, "ilots-read", initializer=background) as reader,
+            ThreadPoolExecutor(1, "ilots-write", initializer=background) as writer,
         ):
-            reads: queue.SimpleQueue[Future[NDArray[Any]]] = queue.SimpleQueue()
+            reads: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
             for keys in batches[:ahead]:
                 reads.put(reader.submit(self.read, keys))
             pending: Future[None] | None = None
@@ -104,28 +123,6 @@ class _Pipeline:
             finally:
                 while not reads.empty():
                     reads.get().cancel()
-
-
-class _Handles:
-    """One dataset handle per reading thread (a GDAL handle must not be shared between threads)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.local = threading.local()
-        self.opened: list[DatasetReader] = []
-        self.lock = threading.Lock()
-
-    def get(self) -> DatasetReader:
-        handle = getattr(self.local, "handle", None)
-        if handle is None:
-            handle = self.local.handle = rasterio.open(self.path)
-            with self.lock:
-                self.opened.append(handle)
-        return handle
-
-    def close(self) -> None:
-        for handle in self.opened:
-            handle.close()
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -262,31 +259,35 @@ def _predict_into(
         raws = [class_tmp.with_name(class_tmp.name + ".raw.tif")]
         raws += [proba_tmp.with_name(proba_tmp.name + ".raw.tif")] if proba_tmp else []
         stack.callback(_remove, raws)
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True))
-        handles = _Handles(src_path)
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_TIFF_INTERNAL_MASK=True))
+        handles = Handles(src_path)
         stack.callback(handles.close)
         source = stack.enter_context(rasterio.open(src_path))
+        keys = [key for batch in batches for key in batch]
+        windows = WindowReader(handles, bands, grid, keys, unit_shape(source, bands))
         with rasterio.open(src_path) as src:
             class_profile = output_profile(src, 1, NODATA)
             proba_profile = output_profile(src, len(class_map), None)
         if rows is not None:
             class_profile["sparse_ok"] = True  # a part: the tiles of other shards' rows stay unwritten
+        else:  # read once by the COG copy, right after: compressing it would cost more than its bytes
+            class_profile.pop("compress"), class_profile.pop("zlevel")
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
         stack.callback(frontier.close)
         writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill, rows)
 
-        def read(keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
-            reader = handles.get()
+        def read(keys: Sequence[tuple[int, int]]) -> torch.Tensor:
             try:
-                batch = np.stack([reader.read(bands, window=grid.window_at(i, j)) for i, j in keys])
+                batch = windows.read(keys)
             except (RasterioError, CPLE_BaseError) as exc:
                 raise _Unreadable() from exc
-            return scale.prepare(batch)
+            return segmenter.prepare(scale.prepare(batch))
 
         progress = Progress(src_path.name, len(batches))
-        _Pipeline(read, writer.add_batch, options.readers).run(
+        on_cpu = segmenter.device.type == "cpu"
+        _Pipeline(read, writer.add_batch, options.readers, yield_cpu=on_cpu).run(
             batches,
             lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision),
             progress.done,
@@ -301,11 +302,11 @@ def _predict_into(
                 proba.set_band_description(b, f"p({name})")
             proba.update_tags(**all_tags, SCALE="probability x 255")
             proba.close()
-            write_cog(raws[1], proba_tmp, "AVERAGE")
+            write_cog(raws[1], proba_tmp, "AVERAGE", options.compress_level)
         if rows is not None:  # a shard's part: assembled with the others into the COG later
             os.replace(raws[0], class_tmp)
             return writer
-        write_cog(raws[0], class_tmp, "MODE")
+        write_cog(raws[0], class_tmp, "MODE", options.compress_level)
         with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
             aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
     return writer

@@ -146,7 +146,7 @@ def assemble(
                 mosaic.write_colormap(1, class_map.colour_table())
                 mosaic.set_band_description(1, "class")
                 mosaic.update_tags(AREA_OR_POINT="Area", **all_tags)
-            write_cog(vrt, tmp, "MODE")
+            write_cog(vrt, tmp, "MODE", options.compress_level)
         finally:
             vrt.unlink(missing_ok=True)
     with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:

@@ -17,6 +17,7 @@ from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
 from ilots.core.classes import NODATA
+from ilots.core.kernels import classify
 from ilots.core.rasters import COG_BLOCK, Fill, valid_mask
 from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
@@ -138,11 +139,10 @@ class BlockWriter:
                 self.write_block(*finished)
 
     def write_block(self, window: Window, acc: NDArray[Any]) -> None:
-        valid = valid_mask(self.source, window, self.bands, self.alpha, self.fill)
-        classes = acc.argmax(axis=0).astype(np.uint8)
-        classes[~valid] = NODATA
+        valid = np.ascontiguousarray(valid_mask(self.source, window, self.bands, self.alpha, self.fill))
+        classes = np.empty(valid.shape, dtype=np.uint8)
+        classify(acc, valid.shape[0], valid, NODATA, classes, self.counts)
         self.class_rows.put(window, classes[np.newaxis])
-        self.counts += np.bincount(classes.ravel(), minlength=256)
         if self.proba_rows is not None:
             r0, c0 = int(window.row_off), int(window.col_off)
             r1, c1 = r0 + int(window.height), c0 + int(window.width)

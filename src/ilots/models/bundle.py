@@ -32,6 +32,7 @@ from torch import nn
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
+from ilots.core.kernels import normalize
 from ilots.models.family import NETWORK, window_batch
 from ilots.models.nets import build_network
 
@@ -141,6 +142,8 @@ class Segmenter:
         self.device = torch.device("cpu")
         self._mean = torch.tensor(meta["mean"], dtype=torch.float32)[:, None, None]
         self._std = torch.tensor(meta["std"], dtype=torch.float32)[:, None, None]
+        self._mean_np = np.asarray(meta["mean"], dtype=np.float32)
+        self._std_np = np.asarray(meta["std"], dtype=np.float32)
 
     @property
     def in_channels(self) -> int:
@@ -157,14 +160,38 @@ class Segmenter:
     @torch.inference_mode()
     def predict_proba(self, image: NDArray[Any] | torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, classes, H, W) for raw windows (N, bands, H, W) in raster units."""
-        batch = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        return self.predict_prepared(self.prepare(image))
+
+    def prepare(self, image: NDArray[Any] | torch.Tensor) -> torch.Tensor:
+        """Raw windows (N, bands, H, W) as the network's input: on the CPU, normalized float32
+        channels-last (one compiled pass, the same values as ``(batch - mean) / std``: work a reader
+        thread does beside the forward pass); for another device, the raw batch (normalized there,
+        after a transfer of the raw type)."""
+        batch = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
         batch = window_batch(batch, "the model", self.in_channels, self.band_names)
+        if self.device.type != "cpu":
+            return batch
+        n, bands, height, width = batch.shape
+        out = np.empty((n, height, width, bands), dtype=np.float32)
+        normalize(batch.numpy(), self._mean_np, self._std_np, out)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    @torch.inference_mode()
+    def predict_prepared(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, classes, H, W) for a batch made by :meth:`prepare` (or flipped)."""
         height, width = batch.shape[-2:]
         pad_h, pad_w = (-height) % 32, (-width) % 32
-        # channels-last (what oneDNN and tensor cores are fastest on; the network is moved to it in
-        # `to`), normalized in place on a copy: the same values as (batch - mean) / std
-        normalized = batch.to(self.device, torch.float32, copy=True, memory_format=torch.channels_last)
-        normalized.sub_(self._mean).div_(self._std)
+        if self.device.type == "cpu":  # normalized by `prepare`
+            normalized = batch.contiguous(memory_format=torch.channels_last)
+        else:
+            # channels-last (what oneDNN and tensor cores are fastest on; the network is moved to it
+            # in `to`), normalized in place on a copy: the same values as (batch - mean) / std
+            if batch.device.type == "cpu" and self.device.type == "cuda":
+                batch = batch.pin_memory()
+            normalized = batch.to(
+                self.device, torch.float32, non_blocking=True, copy=True, memory_format=torch.channels_last
+            )
+            normalized.sub_(self._mean).div_(self._std)
         if pad_h or pad_w:
             small = pad_h >= height or pad_w >= width  # reflect needs the pad to be smaller than the side
             mode = "replicate" if small else "reflect"

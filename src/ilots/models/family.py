@@ -63,6 +63,15 @@ class SegmentationModel(Protocol):
         model applies its own normalization."""
         ...
 
+    def prepare(self, image: NDArray[Any] | torch.Tensor) -> torch.Tensor:
+        """Raw windows made ready for :meth:`predict_prepared` (normalized, where the family can, on
+        the CPU: prediction runs this in its reader threads, beside the forward pass)."""
+        ...
+
+    def predict_prepared(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_proba` of a batch made by :meth:`prepare` (or flipped)."""
+        ...
+
     def fingerprint(self) -> str:
         """A digest of the model's class, parameters and metadata (what resumed outputs trust)."""
         ...

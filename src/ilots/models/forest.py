@@ -75,6 +75,14 @@ class PixelClassifier:
             out[i, self.forest.classes_] = proba.T.reshape(len(self.forest.classes_), h, w)
         return torch.from_numpy(out)
 
+    def prepare(self, image: NDArray[Any] | torch.Tensor) -> torch.Tensor:
+        """The raw windows as a tensor (the forest computes its own features)."""
+        return image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+
+    def predict_prepared(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_proba` of a batch made by :meth:`prepare`."""
+        return self.predict_proba(batch)
+
     def fingerprint(self) -> str:
         """A digest of the fitted trees (their split features, thresholds and leaf values), classes
         and bands. Not of the pickle: its bytes differ between a forest and a reloaded copy."""

@@ -211,6 +211,7 @@ SETTINGS: dict[str, Rule] = {
     "predict.devices": Int(1),
     "predict.precision": Text("fp32", "bf16"),
     "predict.input_max": Num(0, null=True),
+    "predict.compress_level": Int(1, 12),
     "baseline.out": PATH,
     "baseline.pixels": Int(100),
     "baseline.trees": Int(1),

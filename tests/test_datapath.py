@@ -1,0 +1,152 @@
+"""The fast data path of prediction: windows assembled from units decoded once, compiled blending,
+class choice and normalization, the output compression level. Each is checked against the plain
+way (window-by-window reads, numpy, torch) bit for bit."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+import ilots.inference.reading as reading
+from ilots.core.errors import IlotsError
+from ilots.core.kernels import accumulate, classify, normalize
+from ilots.inference.grid import WindowGrid
+from ilots.inference.options import PredictOptions
+from ilots.inference.reading import Handles, WindowReader, unit_shape
+from ilots.inference.runner import predict_raster
+from ilots.models.bundle import Segmenter, make_meta
+from ilots.models.nets import build_network
+
+CLASSES = ["background", "tree", "water", "roof"]
+CONV = {"_target_": "torch.nn.Conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": 1}
+
+
+def layout_raster(path: Path, layout: str, height: int = 300, width: int = 410, dtype: str = "uint8") -> Path:
+    rng = np.random.default_rng(7)
+    top = 250 if dtype == "uint8" else 4000
+    image = rng.integers(0, top, (4, height, width)).astype(dtype)
+    profile = {
+        "driver": "GTiff",
+        "count": 4,
+        "height": height,
+        "width": width,
+        "dtype": dtype,
+        "crs": "EPSG:2154",
+        "transform": from_origin(841800.0, 6519400.0, 0.2, 0.2),
+        "compress": "deflate",
+    }
+    profile |= {
+        "tiles": {"tiled": True, "blockxsize": 64, "blockysize": 128},
+        "tiles by band": {"tiled": True, "blockxsize": 128, "blockysize": 64, "interleave": "band"},
+        "strips": {"blockysize": 3},
+        "one strip": {"blockysize": height},
+    }[layout]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["tiles", "tiles by band", "strips", "one strip"])
+def test_windows_from_units_equal_windows_read_one_by_one_in_any_thread_order(
+    tmp_path: Path, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = layout_raster(tmp_path / "in.tif", layout, dtype="uint16" if layout == "strips" else "uint8")
+    if layout == "one strip":  # a single strip larger than a unit may be: read window by window
+        monkeypatch.setattr(reading, "UNIT_MAX_BYTES", 300 * 410 * 4 - 1)
+    grid = WindowGrid(300, 410, 96, 24)
+    keys = grid.keys()
+    batches = [keys[n : n + 3] for n in range(0, len(keys), 3)]
+    handles = Handles(path)
+    with rasterio.open(path) as src:
+        unit = unit_shape(src, [1, 2, 3, 4])
+        expected = [np.stack([src.read(window=grid.window_at(i, j)) for i, j in b]) for b in batches]
+    assert (unit is None) == (layout == "one strip")
+    reader = WindowReader(handles, [1, 2, 3, 4], grid, keys, unit)
+    order = list(range(len(batches)))
+    random.Random(0).shuffle(order)
+    with ThreadPoolExecutor(3) as pool:
+        got = dict(zip(order, pool.map(lambda n: reader.read(batches[n]), order), strict=True))
+    handles.close()
+    for n, batch in enumerate(expected):
+        np.testing.assert_array_equal(got[n], batch)
+    assert not reader.units  # every unit is let go once its last window has it
+
+
+def test_a_prediction_is_the_same_bytes_with_windows_from_units_or_read_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = layout_raster(tmp_path / "in.tif", "tiles", height=520, width=700)
+    torch.manual_seed(0)
+    stats = {"mean": [120.0, 110.0, 100.0, 90.0], "std": [40.0, 41.0, 39.0, 42.0]}
+    model = Segmenter(build_network(CONV), make_meta(CONV, CLASSES, ["r", "g", "b", "n"], stats, 64))
+    options = PredictOptions(window=128, overlap=32, batch_size=3, device="cpu", readers=2)
+    fast = tmp_path / "units.tif"
+    predict_raster(model, path, fast, options, probabilities=tmp_path / "units-p.tif")
+    monkeypatch.setattr(reading, "UNIT_MAX_BYTES", 0)  # every window read by itself, as before
+    slow = tmp_path / "windows.tif"
+    predict_raster(model, path, slow, options, probabilities=tmp_path / "windows-p.tif")
+    assert fast.read_bytes() == slow.read_bytes()
+    assert (tmp_path / "units-p.tif").read_bytes() == (tmp_path / "windows-p.tif").read_bytes()
+    with rasterio.open(fast) as out:
+        assert len(np.unique(out.read(1))) == 4  # a real map, not one class
+
+
+def test_compiled_blending_and_class_choice_equal_numpy_bit_for_bit() -> None:
+    rng = np.random.default_rng(1)
+    # probabilities on a coarse grid of values: many exact ties between classes, and a NaN
+    probs = (rng.integers(0, 6, (4, 40, 60)) / 5).astype(np.float32)
+    probs[2, 5, 7] = np.nan
+    weights = rng.random((40, 60)).astype(np.float32)
+    carried = (rng.integers(0, 4, (4, 40, 35)) / 7).astype(np.float32)
+    block = carried.copy()
+    accumulate(block, probs, weights, 20, 35)
+    expected = carried + (probs * weights)[:, :, 20:55]
+    np.testing.assert_array_equal(block, expected)
+    valid = rng.random((30, 35)) > 0.2
+    out, counts = np.empty((30, 35), np.uint8), np.zeros(256, np.int64)
+    classify(block[:, :30], 30, valid, 255, out, counts)
+    reference = np.where(valid, expected[:, :30].argmax(axis=0), 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, reference)
+    np.testing.assert_array_equal(counts, np.bincount(reference.ravel(), minlength=256))
+    assert out[5, 7] == 2 or not valid[5, 7]  # the NaN wins, as with numpy
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "float64"])
+def test_compiled_normalization_equals_torch_bit_for_bit(dtype: str) -> None:
+    rng = np.random.default_rng(2)
+    batch = (rng.random((2, 4, 33, 70)) * 3000).astype(dtype)
+    mean = np.array([101.3, 87.9, 1500.2, 12.5], np.float32)
+    std = np.array([40.1, 3.3, 700.7, 0.9], np.float32)
+    out = np.empty((2, 33, 70, 4), np.float32)
+    normalize(batch, mean, std, out)
+    tensor = torch.from_numpy(batch).to(torch.float32)
+    expected = (tensor - torch.from_numpy(mean)[:, None, None]) / torch.from_numpy(std)[:, None, None]
+    np.testing.assert_array_equal(out, expected.permute(0, 2, 3, 1).numpy())
+
+
+def test_the_compression_level_changes_the_bytes_not_the_pixels(tmp_path: Path) -> None:
+    path = layout_raster(tmp_path / "in.tif", "tiles", height=600, width=600)
+    torch.manual_seed(0)
+    stats = {"mean": [120.0] * 4, "std": [40.0] * 4}
+    model = Segmenter(build_network(CONV), make_meta(CONV, CLASSES, ["r", "g", "b", "n"], stats, 64))
+    sizes, pixels = {}, {}
+    for level in (1, 9):
+        out = tmp_path / f"level{level}.tif"
+        predict_raster(
+            model, path, out, PredictOptions(window=128, overlap=32, device="cpu", compress_level=level)
+        )
+        sizes[level] = out.stat().st_size
+        with rasterio.open(out) as src:
+            pixels[level] = src.read()
+            assert src.overviews(1)
+    np.testing.assert_array_equal(pixels[1], pixels[9])
+    assert sizes[9] < sizes[1]
+    with pytest.raises(IlotsError, match="compress_level=0 must be an integer from 1 to 12"):
+        PredictOptions(compress_level=0)
