@@ -16,6 +16,8 @@ The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16
     uv run python benchmarks/bench_predict.py --sizes 4096 16384 [--height 2048] [--device cuda]
         [--precision fp32 bf16] [--workers 1 2]
 
+By default a 1024 px raster is predicted first, untimed (compiled loops loaded, GDAL and torch
+initialised: the steady state of a folder of orthophotos); ``--no-warm-up`` times the first one.
 ``--workers N``: the run may use N cores (CPU affinity), with N torch threads, N reader threads and
 GDAL's N threads: the scaling of the data path with cores.
 
@@ -164,6 +166,16 @@ def child(args: argparse.Namespace) -> None:
         in_run.append(time.perf_counter() - t0)
         return out
 
+    options = PredictOptions(
+        window=args.window,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        readers=args.workers or 2,
+    )
+    if args.warm_up:  # compiled loops loaded, GDAL and torch initialised: the steady state a folder sees
+        small = make_raster(raster.with_name("warm-up-1024.tif"), 1024, 1024)
+        predict_raster(segmenter, small, out / "warm-up.tif", options)
     ilots.inference.runner.forward = timed_forward
 
     start = time.perf_counter()
@@ -171,13 +183,7 @@ def child(args: argparse.Namespace) -> None:
         segmenter,
         raster,
         out / "classes.tif",
-        PredictOptions(
-            window=args.window,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            readers=args.workers or 2,
-        ),
+        options,
         probabilities=out / "probabilities.tif" if args.probabilities else None,
     )
     sync()
@@ -226,6 +232,12 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"])
     parser.add_argument("--model", choices=["unet", "conv1x1"], default="unet")
     parser.add_argument("--probabilities", action="store_true")
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="time the first prediction of the process (by default a 1024 px one runs first, untimed)",
+    )
     parser.add_argument("--forward-batches", type=int, default=7)
     parser.add_argument(
         "--workers",
@@ -257,6 +269,7 @@ def main() -> None:
             cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--precision", precision]
             cmd += ["--forward-batches", str(args.forward_batches), "--workers", str(workers)]
             cmd += ["--probabilities"] if args.probabilities else []
+            cmd += [] if args.warm_up else ["--no-warm-up"]
             line = (
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
                 .stdout.strip()

@@ -13,12 +13,15 @@ import pytest
 import rasterio
 import torch
 from rasterio.transform import from_origin
+from rasters import write_mask
 
 import ilots.inference.reading as reading
 from ilots.core.errors import IlotsError
 from ilots.core.kernels import accumulate, classify, normalize
+from ilots.core.rasters import write_cog
 from ilots.inference.grid import WindowGrid
 from ilots.inference.options import PredictOptions
+from ilots.inference.overviews import plan, write_class_cog
 from ilots.inference.reading import Handles, WindowReader, unit_shape
 from ilots.inference.runner import predict_raster
 from ilots.models.bundle import Segmenter, make_meta
@@ -150,3 +153,25 @@ def test_the_compression_level_changes_the_bytes_not_the_pixels(tmp_path: Path) 
     assert sizes[9] < sizes[1]
     with pytest.raises(IlotsError, match="compress_level=0 must be an integer from 1 to 12"):
         PredictOptions(compress_level=0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1100, 1300), (1250, 1250), (1200, 1025), (400, 300)])
+def test_class_cog_overviews_made_here_are_gdals_own_byte_for_byte(
+    tmp_path: Path, height: int, width: int
+) -> None:
+    rng = np.random.default_rng(height + width)
+    classes = rng.integers(0, 4, (height, width)).astype(np.uint8)
+    classes[rng.random((height, width)) < 0.1] = 255  # ties and nodata in many 2x2 windows
+    classes[:300, :200] = 255
+    with rasterio.open(write_mask(tmp_path / "raw.tif", classes), "r+") as dst:
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (0, 200, 0, 255)})
+        dst.update_tags(CLASSES="background,tree,water,roof")
+    write_cog(tmp_path / "raw.tif", tmp_path / "gdal.tif", "MODE", 1)
+    write_class_cog(tmp_path / "raw.tif", tmp_path / "ours.tif", 1)
+    assert (tmp_path / "ours.tif").read_bytes() == (tmp_path / "gdal.tif").read_bytes()
+    with rasterio.open(tmp_path / "gdal.tif") as cog:
+        shapes = [
+            rasterio.open(tmp_path / "gdal.tif", overview_level=n).shape for n in range(len(cog.overviews(1)))
+        ]
+    assert shapes == (plan(height, width) or shapes)  # the sizes planned are GDAL's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "raw.tif"]

@@ -90,3 +90,46 @@ def normalize(
 def as_float32(array: NDArray[Any]) -> NDArray[np.float32]:
     """``array`` as a C-contiguous float32 array (the loops' type), copied only when it is not one."""
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def mode_rows(
+    src: NDArray[np.uint8],
+    src_top: int,
+    src_size: tuple[int, int],
+    dst_size: tuple[int, int],
+    dst_top: int,
+    out: NDArray[np.uint8],
+    nodata: int,
+) -> None:
+    """Rows ``[dst_top, dst_top + len(out))`` of the MODE overview (``dst_size``) of a class raster
+    (``src_size``), from its rows ``[src_top, src_top + len(src))``: each pixel the value first to
+    reach the highest count over its source window, ``nodata`` skipped (all nodata: ``nodata``).
+
+    Source windows are GDAL's (``[int(x r + 1e-8), ceil((x + 1) r - 1e-8))`` with ``r`` the size
+    ratio), so the overview is GDAL's own MODE overview wherever GDAL reads a level in one piece
+    (:func:`ilots.core.rasters.overview_plan`)."""
+    (src_h, src_w), (dst_h, dst_w) = src_size, dst_size
+    ry, rx = src_h / dst_h, src_w / dst_w
+    counts = np.zeros(256, dtype=np.int64)
+    for row in range(out.shape[0]):
+        y = dst_top + row
+        y0 = int(y * ry + 1e-8)
+        y1 = min(max(int(np.ceil((y + 1) * ry - 1e-8)), y0 + 1), src_h)
+        for x in range(dst_w):
+            x0 = int(x * rx + 1e-8)
+            x1 = min(max(int(np.ceil((x + 1) * rx - 1e-8)), x0 + 1), src_w)
+            best, top = -1, 0
+            for yy in range(y0, y1):
+                line = src[yy - src_top]
+                for xx in range(x0, x1):
+                    v = line[xx]
+                    if v != nodata:
+                        counts[v] += 1
+                        if counts[v] > top:
+                            best, top = v, counts[v]
+            for yy in range(y0, y1):  # reset only what was counted
+                line = src[yy - src_top]
+                for xx in range(x0, x1):
+                    counts[line[xx]] = 0
+            out[row, x] = nodata if best < 0 else best

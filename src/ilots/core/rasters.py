@@ -363,9 +363,10 @@ def write_raster(
         dst.write(array)
 
 
-def write_cog(raw: Path, dest: Path, resampling: str, level: int = 6) -> None:
+def write_cog(raw: Path, dest: Path, resampling: str, level: int = 6, *, existing: bool = False) -> None:
     """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF with overviews (``MODE`` for classes,
-    ``AVERAGE`` for continuous values), DEFLATE-compressed at ``level`` (1..12)."""
+    ``AVERAGE`` for continuous values; with ``existing``, the source's own), DEFLATE-compressed at
+    ``level`` (1..12)."""
     rasterio.shutil.copy(
         raw,
         dest,
@@ -373,7 +374,7 @@ def write_cog(raw: Path, dest: Path, resampling: str, level: int = 6) -> None:
         COMPRESS="DEFLATE",
         LEVEL=str(level),
         BLOCKSIZE=str(COG_BLOCK),
-        OVERVIEWS="IGNORE_EXISTING",
+        OVERVIEWS="FORCE_USE_EXISTING" if existing else "IGNORE_EXISTING",
         OVERVIEW_RESAMPLING=resampling,
         BIGTIFF="IF_SAFER",
         NUM_THREADS="ALL_CPUS",  # tiles compressed and overviews computed in parallel: same bytes

@@ -49,6 +49,7 @@ from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
 from ilots.inference.locks import output_lock, remove_stale_parts
 from ilots.inference.options import PredictOptions
+from ilots.inference.overviews import write_class_cog
 from ilots.inference.progress import Progress, size_line
 from ilots.inference.reading import Handles, WindowReader, unit_shape
 from ilots.inference.resume import is_complete, output_paths, signature
@@ -306,7 +307,7 @@ def _predict_into(
         if rows is not None:  # a shard's part: assembled with the others into the COG later
             os.replace(raws[0], class_tmp)
             return writer
-        write_cog(raws[0], class_tmp, "MODE", options.compress_level)
+        write_class_cog(raws[0], class_tmp, options.compress_level)
         with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
             aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
     return writer
