@@ -32,7 +32,6 @@ from torch import nn
 
 from ilots.core.classes import NODATA
 from ilots.core.errors import IlotsError
-from ilots.core.kernels import normalize
 from ilots.models.family import NETWORK, window_batch
 from ilots.models.nets import build_network
 
@@ -171,6 +170,8 @@ class Segmenter:
         batch = window_batch(batch, "the model", self.in_channels, self.band_names)
         if self.device.type != "cpu":
             return batch
+        from ilots.core.kernels import normalize  # numba: paid by prediction only
+
         n, bands, height, width = batch.shape
         out = np.empty((n, height, width, bands), dtype=np.float32)
         normalize(batch.numpy(), self._mean_np, self._std_np, out)
