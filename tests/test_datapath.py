@@ -16,6 +16,7 @@ from rasterio.transform import from_origin
 from rasters import write_mask
 
 import ilots.inference.reading as reading
+import ilots.inference.runner as runner
 from ilots.core.errors import IlotsError
 from ilots.core.kernels import accumulate, classify, normalize
 from ilots.core.rasters import write_cog
@@ -97,6 +98,15 @@ def test_a_prediction_is_the_same_bytes_with_windows_from_units_or_read_one_by_o
     predict_raster(model, path, slow, options, probabilities=tmp_path / "windows-p.tif")
     assert fast.read_bytes() == slow.read_bytes()
     assert (tmp_path / "units-p.tif").read_bytes() == (tmp_path / "windows-p.tif").read_bytes()
+    # a mosaic too wide for rows of units, and too large for an uncompressed raw: the same bytes
+    monkeypatch.setattr(reading, "UNIT_MAX_BYTES", 2**30)
+    monkeypatch.setattr(reading, "UNIT_ROWS_MAX_BYTES", 0)
+    monkeypatch.setattr(runner, "RAW_UNCOMPRESSED_PX", 0)
+    with rasterio.open(path) as src:
+        assert unit_shape(src, [1, 2, 3, 4]) is None
+    wide = tmp_path / "wide.tif"
+    predict_raster(model, path, wide, options)
+    assert wide.read_bytes() == fast.read_bytes()
     with rasterio.open(fast) as out:
         assert len(np.unique(out.read(1))) == 4  # a real map, not one class
 

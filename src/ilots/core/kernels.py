@@ -25,7 +25,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _compiled(function: Any) -> Any:
+    """``numba.njit``, cached on disk where numba finds a writable folder (the package's
+    ``__pycache__``, or ``NUMBA_CACHE_DIR``); in a read-only install without one, compiled anew in
+    each process instead of failing to import."""
+    try:
+        return numba.njit(cache=True, nogil=True, boundscheck=False)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, boundscheck=False)(function)
+
+
+@_compiled
 def accumulate(
     block: NDArray[np.float32], probs: NDArray[np.float32], weights: NDArray[np.float32], x0: int, width: int
 ) -> None:
@@ -39,7 +49,7 @@ def accumulate(
                 out[x] += p[x0 + x] * w[x0 + x]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@_compiled
 def classify(
     block: NDArray[np.float32],
     rows: int,
@@ -70,7 +80,7 @@ def classify(
             counts[index] += 1
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@_compiled
 def normalize(
     batch: NDArray[Any], mean: NDArray[np.float32], std: NDArray[np.float32], out: NDArray[np.float32]
 ) -> None:
@@ -94,7 +104,7 @@ def as_float32(array: NDArray[Any]) -> NDArray[np.float32]:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@_compiled
 def mode_rows(
     src: NDArray[np.uint8],
     src_top: int,

@@ -3,7 +3,7 @@
 GDAL computing MODE overviews during the COG copy was a third of the copy's work (0.34 of 0.94
 core-s for a 4096 px class raster on two cores). :func:`ilots.core.kernels.mode_rows` computes the
 same overviews, level from level, a band of rows at a time (memory flat in the raster's size); they
-go to uncompressed striped GeoTIFFs, listed as the overviews of a VRT of the raw raster, and the
+go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a VRT of the raw raster, and the
 COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as GDAL's own
 copy.
 
@@ -102,6 +102,7 @@ def _level(source: Path, path: Path, height: int, width: int) -> None:
             "count": 1,
             "dtype": "uint8",
             "nodata": NODATA,
+            **({"compress": "deflate", "zlevel": 1} if src.compression else {}),  # as the raw
             "crs": src.crs,
             "transform": src.transform * src.transform.scale(src.width / width, src.height / height),
         }

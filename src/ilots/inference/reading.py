@@ -6,10 +6,13 @@ decoded three to four times (measured: 20.6 Mpx/s against 75 Mpx/s for the same 
 tile, on one core). Here the raster is cut into *units*, rectangles aligned on the file's own blocks
 (a tile, or enough strips to be a few hundred rows tall), each decoded once by whichever reader
 thread needs it first and kept only until the last window that overlaps it has copied its part.
-Memory: about two rows of units across the raster's width (the window rows being read).
+Memory: about two rows of units across the raster's width (the window rows being read): 20 MB for
+a 5000 px wide 4-band BD ORTHO tile.
 
 A file whose blocks are too large to be kept (an untiled file of one strip, a JPEG 2000 of one
-tile) is read window by window, as before; either way the pixels are the same.
+tile), or so wide that three rows of units would pass 512 MiB (a mosaic over 40,000 px wide, 4 bands
+of 8 bits), is read window by window, as before; either way the pixels are the same (except a VRT
+that resamples its sources, whose pixels GDAL may compute a little differently for another window).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ilots.inference.grid import WindowGrid
 
 UNIT_MIN = 256  # a unit is at least this many pixels tall and wide (where the raster is)
 UNIT_MAX_BYTES = 64 * 2**20  # larger units: the file is read window by window
+UNIT_ROWS_MAX_BYTES = 512 * 2**20  # the same when three rows of units across the raster would be more
 
 
 class Handles:
@@ -63,6 +67,8 @@ def unit_shape(src: DatasetReader, bands: Sequence[int]) -> tuple[int, int] | No
     uh = min(bh * -(-UNIT_MIN // bh), max(src.height, 1))
     uw = min(bw * -(-UNIT_MIN // bw), max(src.width, 1))
     if uh * uw * len(bands) * itemsize > UNIT_MAX_BYTES:
+        return None
+    if 3 * uh * src.width * len(bands) * itemsize > UNIT_ROWS_MAX_BYTES:  # a very wide mosaic
         return None
     return uh, uw
 

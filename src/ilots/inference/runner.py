@@ -1,6 +1,7 @@
 """Predicting whole orthophotos, streamed window by window into Cloud-Optimized GeoTIFFs.
 
-Peak memory does not grow with the raster (see :mod:`ilots.inference.blending`). Reader threads
+Peak memory does not grow with the raster's height (see :mod:`ilots.inference.blending`); the units
+held grow with its width up to a bound (:mod:`ilots.inference.reading`). Reader threads
 (``predict.readers``) read the next batches, assembled from units of the orthophoto each decoded
 once (:mod:`ilots.inference.reading`), and normalize them (the model's ``prepare``, compiled); the
 calling thread runs the forward pass (torch releases the GIL); a writer thread blends, masks and
@@ -65,13 +66,18 @@ log = logging.getLogger("ilots.predict")
 # units (:mod:`ilots.inference.reading`) and the outputs are written a whole tile row at a time.
 GDAL_CACHE_BYTES = 16 * 2**20
 PREFETCH = 2  # batches read ahead of the forward pass
+# Up to this many pixels the class raster is written uncompressed before its COG copy (1 GB of
+# temporary file at most); a larger one (a mosaic) is written DEFLATE 1, as its overviews.
+RAW_UNCOMPRESSED_PX = 2**30
 BACKGROUND_NICE = 10  # the data path's threads beside a forward pass on the CPU
 
 
 def _lower_priority() -> None:
-    """Lower the calling thread's scheduling priority (Linux: a thread's own nice value)."""
+    """Lower the calling thread's scheduling priority by :data:`BACKGROUND_NICE` (Linux: a thread has
+    its own nice value; relative, so a run under ``nice`` keeps its threads below the forward pass)."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
 
 
 class _Pipeline:
@@ -267,11 +273,14 @@ def _predict_into(
         keys = [key for batch in batches for key in batch]
         windows = WindowReader(handles, bands, grid, keys, unit_shape(source, bands))
         with rasterio.open(src_path) as src:
+            src_pixels = src.width * src.height
             class_profile = output_profile(src, 1, NODATA)
             proba_profile = output_profile(src, len(class_map), None)
         if rows is not None:
             class_profile["sparse_ok"] = True  # a part: the tiles of other shards' rows stay unwritten
-        else:  # read once by the COG copy, right after: compressing it would cost more than its bytes
+        elif (
+            src_pixels <= RAW_UNCOMPRESSED_PX
+        ):  # read once by the COG copy, right after: not worth compressing
             class_profile.pop("compress"), class_profile.pop("zlevel")
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None

@@ -190,7 +190,11 @@ class Segmenter:
             if batch.device.type == "cpu" and self.device.type == "cuda":
                 batch = batch.pin_memory()
             normalized = batch.to(
-                self.device, torch.float32, non_blocking=True, copy=True, memory_format=torch.channels_last
+                self.device,
+                torch.float32,
+                non_blocking=self.device.type == "cuda",  # from pinned memory only
+                copy=True,
+                memory_format=torch.channels_last,
             )
             normalized.sub_(self._mean).div_(self._std)
         if pad_h or pad_w:
