@@ -3,9 +3,9 @@
 GDAL computing MODE overviews during the COG copy was a third of the copy's work (0.34 of 0.94
 core-s for a 4096 px class raster on two cores). :func:`ilots.core.kernels.mode_rows` computes the
 same overviews, level from level, a band of rows at a time (memory flat in the raster's size); they
-go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a VRT of the raw raster, and the
-COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as GDAL's own
-copy.
+go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a VRT of the raw
+raster, and the COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as
+GDAL's own copy.
 
 The same bytes wherever GDAL reads each level in one piece: a level that halves its source exactly
 (both sides even), or any level of a small source. Where a larger level is not an exact halving
@@ -78,7 +78,7 @@ def write_class_cog(raw: Path, dest: Path, level: int) -> None:
 
 @contextlib.contextmanager
 def _levels(raw: Path, sizes: list[tuple[int, int]]) -> Iterator[list[Path]]:
-    """Each overview level of ``raw`` written beside it (uncompressed strips), removed afterwards."""
+    """Each overview level of ``raw`` written beside it (strips), removed afterwards."""
     files: list[Path] = []
     try:
         source = raw

@@ -97,11 +97,15 @@ class WindowReader:
                 for u in self._units_of(key):
                     self.users[u] = self.users.get(u, 0) + 1
 
+    def _bounds(self, key: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Window ``key``'s first row, first column, end row and end column."""
+        w = self.grid.window_at(*key)
+        r0, c0 = int(w.row_off), int(w.col_off)
+        return r0, c0, r0 + int(w.height), c0 + int(w.width)
+
     def _units_of(self, key: tuple[int, int]) -> list[tuple[int, int]]:
         assert self.unit is not None
-        (uh, uw), w = self.unit, self.grid.window_at(*key)
-        r0, c0 = int(w.row_off), int(w.col_off)
-        r1, c1 = r0 + int(w.height), c0 + int(w.width)
+        (uh, uw), (r0, c0, r1, c1) = self.unit, self._bounds(key)
         return [(a, b) for a in range(r0 // uh, -(-r1 // uh)) for b in range(c0 // uw, -(-c1 // uw))]
 
     def read(self, keys: Sequence[tuple[int, int]]) -> NDArray[Any]:
@@ -117,9 +121,7 @@ class WindowReader:
 
     def _assemble(self, src: DatasetReader, key: tuple[int, int], out: NDArray[Any]) -> None:
         assert self.unit is not None
-        (uh, uw), win = self.unit, self.grid.window_at(*key)
-        r0, c0 = int(win.row_off), int(win.col_off)
-        r1, c1 = r0 + int(win.height), c0 + int(win.width)
+        (uh, uw), (r0, c0, r1, c1) = self.unit, self._bounds(key)
         for a, b in self._units_of(key):
             data = self._unit(src, (a, b))
             top, left = a * uh, b * uw
@@ -136,8 +138,9 @@ class WindowReader:
                 future = self.units[u] = Future()
         assert future is not None
         if mine:
+            assert self.unit is not None
             try:
-                (uh, uw), (a, b) = self.unit or (0, 0), u
+                (uh, uw), (a, b) = self.unit, u
                 window = Window(b * uw, a * uh, min(uw, src.width - b * uw), min(uh, src.height - a * uh))
                 future.set_result(src.read(self.bands, window=window))
             except BaseException as exc:

@@ -272,15 +272,12 @@ def _predict_into(
         source = stack.enter_context(rasterio.open(src_path))
         keys = [key for batch in batches for key in batch]
         windows = WindowReader(handles, bands, grid, keys, unit_shape(source, bands))
-        with rasterio.open(src_path) as src:
-            src_pixels = src.width * src.height
-            class_profile = output_profile(src, 1, NODATA)
-            proba_profile = output_profile(src, len(class_map), None)
+        class_profile = output_profile(source, 1, NODATA)
+        proba_profile = output_profile(source, len(class_map), None)
         if rows is not None:
             class_profile["sparse_ok"] = True  # a part: the tiles of other shards' rows stay unwritten
-        elif (
-            src_pixels <= RAW_UNCOMPRESSED_PX
-        ):  # read once by the COG copy, right after: not worth compressing
+        # else read once by the COG copy, right after: not worth compressing, unless very large
+        elif source.width * source.height <= RAW_UNCOMPRESSED_PX:
             class_profile.pop("compress"), class_profile.pop("zlevel")
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None

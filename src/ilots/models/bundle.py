@@ -141,8 +141,6 @@ class Segmenter:
         self.device = torch.device("cpu")
         self._mean = torch.tensor(meta["mean"], dtype=torch.float32)[:, None, None]
         self._std = torch.tensor(meta["std"], dtype=torch.float32)[:, None, None]
-        self._mean_np = np.asarray(meta["mean"], dtype=np.float32)
-        self._std_np = np.asarray(meta["std"], dtype=np.float32)
 
     @property
     def in_channels(self) -> int:
@@ -174,7 +172,7 @@ class Segmenter:
 
         n, bands, height, width = batch.shape
         out = np.empty((n, height, width, bands), dtype=np.float32)
-        normalize(batch.numpy(), self._mean_np, self._std_np, out)
+        normalize(batch.numpy(), self._mean.numpy().ravel(), self._std.numpy().ravel(), out)  # on the CPU
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     @torch.inference_mode()
