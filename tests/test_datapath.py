@@ -185,3 +185,78 @@ def test_class_cog_overviews_made_here_are_gdals_own_byte_for_byte(
         ]
     assert shapes == (plan(height, width) or shapes)  # the sizes planned are GDAL's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "raw.tif"]
+
+
+def georeferenced(path: Path, height: int, width: int, crs: str, nodata: int | None = None) -> Path:
+    """A smooth 4-band uint8 orthophoto (blocks of 16 px), with a corner of nodata when asked."""
+    rng = np.random.default_rng(height + width)
+    image = np.repeat(np.repeat(rng.integers(0, 255, (4, height // 16 + 1, width // 16 + 1)), 16, 1), 16, 2)
+    image = image[:, :height, :width].astype(np.uint8)
+    origin = {"EPSG:2154": (841800.0, 6519400.0, 0.2), "EPSG:4326": (2.35, 48.85, 1e-6)}[crs]
+    profile = {"driver": "GTiff", "count": 4, "height": height, "width": width, "dtype": "uint8", "crs": crs}
+    profile |= {"transform": from_origin(origin[0], origin[1], origin[2], origin[2]), "compress": "deflate"}
+    if nodata is not None:
+        profile["nodata"] = nodata
+        image[:, : height // 3, : width // 4] = nodata
+    with rasterio.open(path, "w", **profile, tiled=True, blockxsize=256, blockysize=256) as dst:
+        dst.write(image)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "crs", "nodata"),
+    [(1100, 1300, "EPSG:2154", 0), (300, 400, "EPSG:2154", None), (1250, 1250, "EPSG:4326", 0)],
+    ids=["edge tiles and nodata", "one tile, no overview", "geographic"],
+)
+def test_the_class_cog_written_here_is_gdals_copy_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, height: int, width: int, crs: str, nodata: int | None
+) -> None:
+    """Tiles compressed during the prediction, the file assembled by ilots: GDAL's COG, same bytes."""
+    import ilots.inference.cog as cog
+
+    path = georeferenced(tmp_path / "in.tif", height, width, crs, nodata)
+    torch.manual_seed(0)
+    stats = {"mean": [120.0] * 4, "std": [40.0] * 4}
+    model = Segmenter(build_network(CONV), make_meta(CONV, CLASSES, ["r", "g", "b", "n"], stats, 64))
+    options = PredictOptions(window=256, overlap=32, device="cpu")
+    assembled = []
+    monkeypatch.setattr(cog, "_write", lambda *a, _write=cog._write: assembled.append(a) or _write(*a))
+    (tmp_path / "ours").mkdir()
+    predict_raster(model, path, tmp_path / "ours" / "out.tif", options)
+    assert len(assembled) == 1, "the COG was not written by ilots (no libdeflate found beside GDAL?)"
+    monkeypatch.setattr(cog.Deflate, "at", classmethod(lambda cls, level: None))  # GDAL's copy
+    (tmp_path / "gdal").mkdir()
+    predict_raster(model, path, tmp_path / "gdal" / "out.tif", options)
+    assert len(assembled) == 1
+    ours, gdal = (tmp_path / "ours" / "out.tif").read_bytes(), (tmp_path / "gdal" / "out.tif").read_bytes()
+    assert ours == gdal
+    with rasterio.open(tmp_path / "ours" / "out.tif") as out:
+        assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert len(out.overviews(1)) == (0 if max(height, width) <= 512 else len(plan(height, width) or []))
+        assert len(np.unique(out.read(1))) >= 3  # a real map
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["out.tif", "out.tif.aux.xml"]
+
+
+def test_halving_overviews_are_the_general_rule_pixel_for_pixel() -> None:
+    """The fast path of MODE overviews (2 x 2 windows) against the general loop, ties and nodata."""
+    import ilots.core.kernels as kernels
+
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 4, (64, 90)).astype(np.uint8)
+    src[rng.random(src.shape) < 0.3] = 255
+    fast = np.empty((32, 45), np.uint8)
+    mode_rows = kernels.mode_rows
+    mode_rows(src, 0, (64, 90), (32, 45), 0, fast, 255)
+    general = np.empty_like(fast)
+    # GDAL's rule written plainly: the value first to reach the top count, nodata skipped
+    for y in range(32):
+        for x in range(45):
+            window = [v for v in src[2 * y : 2 * y + 2, 2 * x : 2 * x + 2].ravel() if v != 255]
+            counts: dict[int, int] = {}
+            best, top = 255, 0
+            for v in window:
+                counts[v] = counts.get(v, 0) + 1
+                if counts[v] > top:
+                    best, top = v, counts[v]
+            general[y, x] = best
+    np.testing.assert_array_equal(fast, general)

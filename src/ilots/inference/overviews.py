@@ -5,7 +5,10 @@ core-s for a 4096 px class raster on two cores). :func:`ilots.core.kernels.mode_
 same overviews, level from level, a band of rows at a time (memory flat in the raster's size); they
 go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a VRT of the raw
 raster, and the COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as
-GDAL's own copy.
+GDAL's own copy. Where the prediction compressed the full-resolution tiles itself
+(:mod:`ilots.inference.cog`), the levels are compressed there too and no copy is made. A level
+that halves its source (both sides even: BD ORTHO's 5000 px, and any power of two) takes a loop of
+its own (:func:`ilots.core.kernels.mode_rows`), 3x faster than the general one.
 
 The same bytes wherever GDAL reads each level in one piece: a level that halves its source exactly
 (both sides even), or any level of a small source. Where a larger level is not an exact halving
@@ -28,6 +31,7 @@ from rasterio.windows import Window
 from ilots.core.classes import NODATA
 from ilots.core.kernels import mode_rows
 from ilots.core.rasters import COG_BLOCK, write_cog
+from ilots.inference.cog import TileSink, assemble
 
 ROWS = 256  # overview rows computed at a time
 SMALL = 1024  # a level whose source is at most this many px per side is read by GDAL in one piece
@@ -50,15 +54,20 @@ def plan(height: int, width: int) -> list[tuple[int, int]] | None:
     return levels
 
 
-def write_class_cog(raw: Path, dest: Path, level: int) -> None:
+def write_class_cog(raw: Path, dest: Path, level: int, tiles: TileSink | None = None) -> None:
     """Copy a class raster (uint8, nodata :data:`NODATA`) to a COG with MODE overviews, computed
-    here where :func:`plan` allows it, else by GDAL; DEFLATE ``level``."""
+    here where :func:`plan` allows it, else by GDAL; DEFLATE ``level``. With ``tiles`` (its
+    full-resolution tiles, compressed while it was written; only where :func:`plan` allows it),
+    the COG is written here (:mod:`ilots.inference.cog`), else by GDAL's copy."""
     with rasterio.open(raw) as src:
         sizes = plan(src.height, src.width)
-    if not sizes:
+    if sizes is None or (not sizes and tiles is None):
         write_cog(raw, dest, "MODE", level)
         return
     with _levels(raw, sizes) as files:
+        if tiles is not None:
+            assemble(raw, files, tiles, dest)
+            return
         vrt = raw.with_name(raw.name + ".vrt")
         try:
             rasterio.shutil.copy(raw, vrt, driver="VRT")

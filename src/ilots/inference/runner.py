@@ -46,10 +46,12 @@ from ilots.core.files import atomic_path
 from ilots.core.orthos import check_unique_stems
 from ilots.core.rasters import data_bands, open_georaster, write_cog
 from ilots.inference.blending import Frontier
+from ilots.inference.cog import Deflate, TileSink
 from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
 from ilots.inference.locks import output_lock, remove_stale_parts
 from ilots.inference.options import PredictOptions
+from ilots.inference.overviews import plan as overview_sizes
 from ilots.inference.overviews import write_class_cog
 from ilots.inference.progress import Progress, size_line
 from ilots.inference.reading import Handles, WindowReader, unit_shape
@@ -283,7 +285,27 @@ def _predict_into(
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
         stack.callback(frontier.close)
-        writer = BlockWriter(grid, source, bands, alpha, out, proba, frontier, len(class_map), fill, rows)
+        deflate = None
+        if (
+            rows is None
+            and "compress" not in class_profile
+            and overview_sizes(source.height, source.width) is not None
+        ):
+            deflate = Deflate.at(options.compress_level)  # the COG written here (ilots.inference.cog)
+        metadata = {
+            "profile": class_profile,
+            "colours": class_map.colour_table(),
+            "description": "class",
+            "tags": all_tags,
+        }
+        tiles = TileSink(dest.parent, deflate, options.readers, metadata) if deflate is not None else None
+        if tiles is not None and deflate is not None:
+            stack.callback(deflate.close)
+            stack.callback(tiles.close)
+        writer = BlockWriter(
+            grid, source, bands, alpha, out, proba, frontier, len(class_map), fill, rows,
+            class_tiles=tiles.put if tiles else None,
+        )  # fmt: skip
 
         def read(keys: Sequence[tuple[int, int]]) -> torch.Tensor:
             try:
@@ -300,7 +322,7 @@ def _predict_into(
             progress.done,
         )
         writer.close()
-        out.write_colormap(1, class_map.colour_table())
+        out.write_colormap(1, class_map.colour_table())  # as in the metadata above
         out.set_band_description(1, "class")
         out.update_tags(**all_tags)
         out.close()
@@ -313,7 +335,7 @@ def _predict_into(
         if rows is not None:  # a shard's part: assembled with the others into the COG later
             os.replace(raws[0], class_tmp)
             return writer
-        write_class_cog(raws[0], class_tmp, options.compress_level)
+        write_class_cog(raws[0], class_tmp, options.compress_level, tiles)
         with atomic_path(dest.with_name(dest.name + ".aux.xml")) as aux_tmp:
             aux_tmp.write_text(class_map.category_names_xml(), encoding="utf-8")
     return writer

@@ -8,7 +8,7 @@ uint8 band (0-255) per class and an internal nodata mask. Pixels that are not va
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,8 +54,16 @@ class TileRows:
     a time, a tile is never written twice. Memory: about two tile rows of the raster's width.
     """
 
-    def __init__(self, dst: DatasetWriter, count: int, top: int, mask: bool = False) -> None:
-        self.dst, self.count, self.mask = dst, count, mask
+    def __init__(
+        self,
+        dst: DatasetWriter,
+        count: int,
+        top: int,
+        mask: bool = False,
+        on_rows: Callable[[NDArray[np.uint8]], None] | None = None,
+    ) -> None:
+        """``on_rows``: given each tile row once written (one band; its rows, not modified later)."""
+        self.dst, self.count, self.mask, self.on_rows = dst, count, mask, on_rows
         self.width, self.height = dst.width, dst.height
         self.top = self.done = top  # rows [top, done) are in the buffer, complete
         self.buf = np.zeros((count, 0, self.width), dtype=np.uint8)
@@ -89,6 +97,8 @@ class TileRows:
             window = Window(0, self.top, self.width, n)
             if self.count == 1:
                 self.dst.write(self.buf[0, :n], 1, window=window)
+                if self.on_rows is not None:
+                    self.on_rows(self.buf[0, :n])
             else:
                 self.dst.write(self.buf[:, :n], window=window)
             if self.mask:
@@ -112,16 +122,19 @@ class BlockWriter:
         n_classes: int,
         fill: Fill | None = None,
         rows: tuple[int, int, int] | None = None,
+        class_tiles: Callable[[NDArray[np.uint8]], None] | None = None,
     ) -> None:
         """``rows``: (first window row added, first block row written, end block row) for a shard
-        of the raster's rows (:mod:`ilots.inference.shards`); None: the whole raster."""
+        of the raster's rows (:mod:`ilots.inference.shards`); None: the whole raster.
+        ``class_tiles``: given each row of class tiles once written
+        (:class:`ilots.inference.cog.TileSink`)."""
         self.grid, self.source, self.bands, self.alpha, self.fill = grid, source, bands, alpha, fill
         self.classes, self.probabilities = classes, probabilities
         start, self.first_row, _ = rows or (0, 0, len(grid.rows))
         self.blender = Blender(grid, n_classes, frontier, start)
         self.counts = np.zeros(256, dtype=np.int64)
         top = grid.rows[self.first_row]
-        self.class_rows = TileRows(classes, 1, top)
+        self.class_rows = TileRows(classes, 1, top, on_rows=class_tiles)
         self.proba_rows = TileRows(probabilities, n_classes, top, mask=True) if probabilities else None
         if probabilities is not None:
             self.row_weight, self.col_weight = grid.weight_sum(0), grid.weight_sum(1)
