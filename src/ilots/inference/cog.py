@@ -43,8 +43,6 @@ from rasterio.windows import Window
 
 from ilots.core.rasters import COG_BLOCK, write_cog
 
-_PENDING = 4  # tile rows compressed ahead per thread before the writer waits for the oldest
-
 _TILE_OFFSETS, _TILE_BYTE_COUNTS, _SUBFILE = 324, 325, 254
 _SIZE_TAGS = (256, 257)  # image width, length
 # the tags GDAL's COG driver gives an overview of a class raster (besides its size and tiles)
@@ -93,20 +91,30 @@ class Deflate:
             return None
 
     def compress(self, data: NDArray[np.uint8]) -> bytes:
-        """``data`` (made C-contiguous) compressed; the GIL is released meanwhile (ctypes)."""
-        handle = getattr(self._local, "handle", None)
-        if handle is None:
-            handle = self._local.handle = self.lib.libdeflate_alloc_compressor(self.level)
-            if not handle:
+        """``data`` compressed (the GIL released meanwhile: ctypes). Each thread reuses its own
+        input and output buffers: per-tile allocations in several threads grew glibc's arenas."""
+        local = self._local
+        if getattr(local, "handle", None) is None:
+            local.handle = self.lib.libdeflate_alloc_compressor(self.level)
+            if not local.handle:
                 raise MemoryError("libdeflate could not allocate a compressor")
-            self._compressors.append(handle)
-        src = np.ascontiguousarray(data)
+            self._compressors.append(local.handle)
+            local.src = np.empty(0, dtype=np.uint8)
+            local.out = ctypes.create_string_buffer(0)
+        if data.flags.c_contiguous:
+            src = data
+        else:
+            if local.src.size < data.size:
+                local.src = np.empty(data.size, dtype=np.uint8)
+            src = local.src[: data.size].reshape(data.shape)
+            src[...] = data
         capacity = src.nbytes + src.nbytes // 10 + 1024
-        out = ctypes.create_string_buffer(capacity)
-        n = self.lib.libdeflate_zlib_compress(handle, src.ctypes.data, src.nbytes, out, capacity)
+        if len(local.out) < capacity:
+            local.out = ctypes.create_string_buffer(capacity)
+        n = self.lib.libdeflate_zlib_compress(local.handle, src.ctypes.data, src.nbytes, local.out, capacity)
         if not n:  # cannot happen with that capacity (DEFLATE's worst case is ~0.03 % larger)
             raise RuntimeError("libdeflate: output buffer too small")
-        return out.raw[:n]
+        return ctypes.string_at(local.out, n)
 
     def close(self) -> None:
         for handle in self._compressors:
@@ -139,7 +147,7 @@ class TileSink:
         self.tiles: list[tuple[int, int]] = []  # (offset in the file, size), row-major
         self._pool = ThreadPoolExecutor(max(1, threads), "ilots-deflate")
         self._pending: deque[Future[list[bytes]]] = deque()
-        self._limit = _PENDING * max(1, threads)
+        self._limit = max(1, threads) + 1  # tile rows in flight (8 MB each at 16384 px wide)
         self.template = self._pool.submit(template_of, **metadata, level=deflate.level)
 
     def _compress(self, rows: NDArray[np.uint8]) -> list[bytes]:
