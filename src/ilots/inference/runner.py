@@ -21,6 +21,7 @@ and a read failure midway (a damaged file) one naming the orthophoto.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -72,6 +73,21 @@ PREFETCH = 2  # batches read ahead of the forward pass
 # temporary file at most); a larger one (a mosaic) is written DEFLATE 1, as its overviews.
 RAW_UNCOMPRESSED_PX = 2**30
 BACKGROUND_NICE = 10  # the data path's threads beside a forward pass on the CPU
+# Every this many batches the writer hands the C library's free memory back to the system
+# (glibc's malloc_trim): batches of 4 to 16 MB, freed by several threads, otherwise stay in its
+# arenas, and peak RSS grew with the length of a run (1 worker: 1044 MB at 4096 px, 1300-1338 at
+# 16384; with it 1057-1076 and 1112-1211, at the same speed within this machine's noise).
+TRIM_BATCHES = 32
+
+
+def _memory_trimmer() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``, or nothing where the C library has none (macOS, musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
 
 
 def _lower_priority() -> None:
@@ -314,9 +330,17 @@ def _predict_into(
                 raise _Unreadable() from exc
             return segmenter.prepare(scale.prepare(batch))
 
+        trim, written = _memory_trimmer(), [0]
+
+        def write(keys: Sequence[tuple[int, int]], probs: NDArray[Any]) -> None:
+            writer.add_batch(keys, probs)
+            written[0] += 1
+            if written[0] % TRIM_BATCHES == 0:
+                trim()
+
         progress = Progress(src_path.name, len(batches))
         on_cpu = segmenter.device.type == "cpu"
-        _Pipeline(read, writer.add_batch, options.readers, yield_cpu=on_cpu).run(
+        _Pipeline(read, write, options.readers, yield_cpu=on_cpu).run(
             batches,
             lambda batch: forward(segmenter, batch, tta=options.tta, precision=options.precision),
             progress.done,
