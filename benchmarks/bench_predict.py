@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the ilots command sets it (ilots.pipeline.cli)
+
 BANDS, CLASSES = 4, ["background", "tree", "water", "roof"]
 UNET = {
     "_target_": "segmentation_models_pytorch.Unet",

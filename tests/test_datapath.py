@@ -205,8 +205,13 @@ def georeferenced(path: Path, height: int, width: int, crs: str, nodata: int | N
 
 @pytest.mark.parametrize(
     ("height", "width", "crs", "nodata"),
-    [(1100, 1300, "EPSG:2154", 0), (300, 400, "EPSG:2154", None), (1250, 1250, "EPSG:4326", 0)],
-    ids=["edge tiles and nodata", "one tile, no overview", "geographic"],
+    [
+        (1100, 1300, "EPSG:2154", 0),
+        (300, 400, "EPSG:2154", None),
+        (1250, 1250, "EPSG:4326", 0),
+        (1001, 1000, "EPSG:2154", None),
+    ],
+    ids=["edge tiles and nodata", "one tile, no overview", "geographic", "odd side"],
 )
 def test_the_class_cog_written_here_is_gdals_copy_byte_for_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, height: int, width: int, crs: str, nodata: int | None
@@ -260,3 +265,45 @@ def test_halving_overviews_are_the_general_rule_pixel_for_pixel() -> None:
                     best, top = v, counts[v]
             general[y, x] = best
     np.testing.assert_array_equal(fast, general)
+
+
+def test_overview_tiles_are_all_kept_however_fast_the_compression_threads_are(tmp_path: Path) -> None:
+    """Every tile row handed over is compressed before the COG is laid out, the last rows of level 1
+    included, even when the threads have finished everything before the end is asked for."""
+    import zlib
+
+    from rasterio.crs import CRS
+
+    import ilots.core.kernels as kernels
+    from ilots.inference.cog import Deflate, TileSink
+
+    deflate = Deflate.at(1)
+    assert deflate is not None, "no libdeflate beside rasterio's GDAL"
+    metadata = {
+        "profile": {"driver": "GTiff", "dtype": "uint8", "nodata": 255, "crs": CRS.from_epsg(2154)}
+        | {"transform": from_origin(841800.0, 6519400.0, 0.2, 0.2)},
+        "colours": {0: (0, 0, 0, 255)},
+        "description": "class",
+        "tags": {"CLASSES": "a,b"},
+    }
+    rng = np.random.default_rng(5)
+    classes = rng.integers(0, 3, (600, 600)).astype(np.uint8)
+    sink = TileSink(tmp_path, deflate, 2, metadata, (600, 600), [(300, 300)])
+    try:
+        for top in (0, 512):
+            sink.put(classes[top : top + 512])
+        while sink._pending:  # the threads done with everything before the end is asked for: put's
+            sink._pending[0][1].result()  # own drain then stores it all
+            sink._store(*sink._pending.popleft())
+        levels = sink.overviews(tmp_path / "unused.tif")
+        assert [len(level.tiles) for level in levels] == [1]
+        ((at, size),) = levels[0].tiles
+        levels[0].source.seek(at)
+        tile = np.frombuffer(zlib.decompress(levels[0].source.read(size)), np.uint8).reshape(512, 512)
+        expected = np.empty((300, 300), np.uint8)
+        kernels.mode_rows(classes, 0, (600, 600), (300, 300), 0, expected, 255)
+        np.testing.assert_array_equal(tile[:300, :300], expected)
+        assert len(sink.main.tiles) == 4
+    finally:
+        sink.close()
+        deflate.close()

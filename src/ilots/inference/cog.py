@@ -4,13 +4,14 @@ runs, the file assembled at the end without a second pass over the raster.
 GDAL's COG copy read the finished class raster again and compressed every tile after the forward
 pass had ended: 0.2 s of a 1.0 s prediction of a 4096 px raster on two cores, where nothing else
 runs. Here each row of 512 px tiles is compressed as soon as the writer has finished it, by a few
-threads beside the forward pass (:class:`TileSink`), into an unlinked temporary file; at the end
-only the overviews (a third of the tiles, :mod:`ilots.inference.overviews`) are compressed, and
-:func:`assemble` writes the COG: GDAL's header, structural metadata ("ghost area") and tags, taken
-from a one-pixel COG that GDAL's own driver writes with the same metadata meanwhile (so the
-georeferencing, the colour table, the class names and nodata are written as GDAL writes them),
-the IFDs of every level before the data, the tiles of the smallest overview first, each led by its
-size and followed by its last 4 bytes.
+threads beside the forward pass (:class:`TileSink`), into an unlinked temporary file; where the
+first overview level halves the raster (both sides even), its rows are computed from each tile row
+then too, and compressed likewise. At the end only the levels below it are left (a sixteenth of
+the pixels: 0.02 s at 4096 px), and :func:`assemble` writes the COG: GDAL's header, structural
+metadata ("ghost area") and tags, taken from a one-pixel COG that GDAL's own driver writes with the
+same metadata meanwhile (so the georeferencing, the colour table, the class names and nodata are
+written as GDAL writes them), the IFDs of every level before the data, the tiles of the smallest
+overview first, each led by its size and followed by its last 4 bytes.
 
 The tiles are compressed by the libdeflate that GDAL itself uses (rasterio's wheels ship it; loaded
 through ctypes, which releases the GIL), at the same level: the file is GDAL's COG byte for byte
@@ -22,10 +23,10 @@ GDAL's copy is used, as before.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import glob
+import os
 import struct
 import tempfile
 import threading
@@ -39,8 +40,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
-from rasterio.windows import Window
 
+from ilots.core.classes import NODATA
+from ilots.core.kernels import mode_rows
 from ilots.core.rasters import COG_BLOCK, write_cog
 
 _TILE_OFFSETS, _TILE_BYTE_COUNTS, _SUBFILE = 324, 325, 254
@@ -136,44 +138,163 @@ def tiles_of(rows: NDArray[np.uint8]) -> Iterator[NDArray[np.uint8]]:
             yield tile
 
 
-class TileSink:
-    """The full-resolution tiles of the class COG, compressed by ``threads`` threads as tile rows come
-    (top to bottom), kept in an unlinked temporary file in ``folder`` (not in memory)."""
+class _Rows:
+    """A level's rows, appended top to bottom, raw in an unlinked temporary file, read back in bands
+    (the next level is computed from them with memory bounded by a band)."""
 
-    def __init__(self, folder: Path, deflate: Deflate, threads: int, metadata: dict[str, Any]) -> None:
-        """``metadata``: :func:`template_of`'s arguments but the level (the template is made meanwhile)."""
-        self.deflate = deflate
+    def __init__(self, folder: Path, width: int, files: list[BinaryIO]) -> None:
+        self.file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".ilots-level-")
+        files.append(self.file)
+        self.width, self.height = width, 0
+
+    def append(self, rows: NDArray[np.uint8]) -> None:
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(np.ascontiguousarray(rows).data)
+        self.height += rows.shape[0]
+
+    def read(self, y0: int, y1: int) -> NDArray[np.uint8]:
+        self.file.seek(y0 * self.width)
+        data = self.file.read((y1 - y0) * self.width)
+        return np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, self.width)
+
+
+class _LevelTiles:
+    """One level's compressed tiles, in row-major order, in an unlinked temporary file."""
+
+    def __init__(self, folder: Path, files: list[BinaryIO]) -> None:
         self.file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".ilots-tiles-")
-        self.tiles: list[tuple[int, int]] = []  # (offset in the file, size), row-major
-        self._pool = ThreadPoolExecutor(max(1, threads), "ilots-deflate")
-        self._pending: deque[Future[list[bytes]]] = deque()
-        self._limit = max(1, threads) + 1  # tile rows in flight (8 MB each at 16384 px wide)
-        self.template = self._pool.submit(template_of, **metadata, level=deflate.level)
+        files.append(self.file)
+        self.tiles: list[tuple[int, int]] = []  # (offset in the file, size)
 
-    def _compress(self, rows: NDArray[np.uint8]) -> list[bytes]:
-        return [self.deflate.compress(tile) for tile in tiles_of(rows)]
-
-    def put(self, rows: NDArray[np.uint8]) -> None:
-        """The next tile row (its rows, all of the raster's width; not modified afterwards)."""
-        self._pending.append(self._pool.submit(self._compress, rows))
-        while len(self._pending) > self._limit or (self._pending and self._pending[0].done()):
-            self._store(self._pending.popleft().result())
-
-    def _store(self, tiles: list[bytes]) -> None:
-        for data in tiles:
+    def store(self, compressed: list[bytes]) -> None:
+        for data in compressed:
             self.tiles.append((self.file.tell(), len(data)))
             self.file.write(data)
 
+
+class TileSink:
+    """The class COG's tiles, compressed by ``threads`` threads as the writer finishes each row of
+    tiles (top to bottom), kept in unlinked temporary files in ``folder`` (not in memory).
+
+    Where the first overview level halves the raster exactly (both sides even), it is computed from
+    each tile row as it comes too, and compressed likewise: at the end only the levels below it are
+    left (a sixteenth of the pixels)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        deflate: Deflate,
+        threads: int,
+        metadata: dict[str, Any],
+        size: tuple[int, int],
+        levels: list[tuple[int, int]],
+    ) -> None:
+        """``metadata``: :func:`template_of`'s arguments but the level (the template is made
+        meanwhile); ``size``: the raster's height and width; ``levels``: its overview sizes
+        (:func:`ilots.inference.overviews.plan`)."""
+        self.folder, self.deflate, self.size, self.levels = folder, deflate, size, levels
+        self._files: list[BinaryIO] = []  # closed (so removed) by close
+        self.main = _LevelTiles(folder, self._files)
+        self.halving = bool(levels) and levels[0] == (size[0] // 2, size[1] // 2) and not size[0] % 2
+        self.halving = self.halving and not size[1] % 2
+        self.first = _LevelTiles(folder, self._files) if self.halving else None
+        self.first_rows = _Rows(folder, size[1] // 2, self._files) if self.halving else None
+        self._band: list[NDArray[np.uint8]] = []  # level 1 rows not yet a whole tile row
+        self._pool = ThreadPoolExecutor(max(1, threads), "ilots-deflate")
+        self._pending: deque[tuple[_LevelTiles, Future[Any]]] = deque()
+        self._limit = max(1, threads) + 1  # tile rows in flight (8 MB each at 16384 px wide)
+        self.template = self._pool.submit(template_of, **metadata, level=deflate.level)
+
+    def compress(self, rows: NDArray[np.uint8]) -> list[bytes]:
+        """The tiles of a band of at most 512 rows, compressed (in the calling thread)."""
+        return [self.deflate.compress(tile) for tile in tiles_of(rows)]
+
+    def _work(self, rows: NDArray[np.uint8]) -> tuple[list[bytes], NDArray[np.uint8] | None]:
+        half = None
+        if self.halving:
+            half = np.empty((rows.shape[0] // 2, rows.shape[1] // 2), dtype=np.uint8)
+            mode_rows(rows, 0, rows.shape, half.shape, 0, half, NODATA)
+        return self.compress(rows), half
+
+    def put(self, rows: NDArray[np.uint8]) -> None:
+        """The next tile row (its rows, all of the raster's width; not modified afterwards)."""
+        self._pending.append((self.main, self._pool.submit(self._work, rows)))
+        while len(self._pending) > self._limit or (self._pending and self._pending[0][1].done()):
+            self._store(*self._pending.popleft())
+
+    def _store(self, level: _LevelTiles, future: Future[Any]) -> None:
+        if level is not self.main:
+            level.store(future.result())
+            return
+        compressed, half = future.result()
+        level.store(compressed)
+        if half is not None and self.first_rows is not None and self.first is not None:
+            self.first_rows.append(half)
+            self._band.append(half)
+            if sum(len(b) for b in self._band) >= COG_BLOCK:
+                self._submit_band()
+
+    def _submit_band(self) -> None:
+        band, self._band = np.concatenate(self._band), []
+        assert self.first is not None
+        self._pending.append((self.first, self._pool.submit(self.compress, band[:COG_BLOCK])))
+        if len(band) > COG_BLOCK:
+            self._band = [band[COG_BLOCK:]]
+
     def finish(self) -> None:
-        """Wait for the tiles still being compressed."""
-        while self._pending:
-            self._store(self._pending.popleft().result())
+        """Wait for the tiles still being compressed (and compress the last of level 1)."""
+        while self._pending or self._band:
+            if not self._pending:  # the last rows of level 1, whatever is pending or not
+                self._submit_band()
+            self._store(*self._pending.popleft())
+
+    def overviews(self, raw: Path) -> list[_Level]:
+        """Every overview level's tiles, compressed: level 1 as it came (or, where it does not halve
+        the raster, a small one, from ``raw`` now), the others from the level above, band by band."""
+        self.finish()
+        levels: list[_Level] = []
+        if not self.levels:
+            return levels
+        if self.first is not None and self.first_rows is not None:
+            source = self.first_rows
+            levels.append(_Level(*self.levels[0], self.first.tiles, self.first.file))
+        else:  # at most 1024 px a side (overviews.plan): read whole
+            with rasterio.open(raw) as src:
+                whole = src.read(1)
+            source = _Rows(self.folder, self.size[1], self._files)
+            source.append(whole)
+            source = self._level(source, self.size, self.levels[0], levels)
+        for above, size in zip(self.levels, self.levels[1:], strict=False):
+            source = self._level(source, above, size, levels)
+        return levels
+
+    def _level(
+        self, source: _Rows, src_size: tuple[int, int], size: tuple[int, int], levels: list[_Level]
+    ) -> _Rows:
+        """Level ``size`` computed from ``source`` (of ``src_size``) in bands of 512 rows,
+        compressed (appended to ``levels``) and kept raw for the next level (returned)."""
+        rows, tiles = _Rows(self.folder, size[1], self._files), _LevelTiles(self.folder, self._files)
+        ry = src_size[0] / size[0]
+        bands = []
+        for top in range(0, size[0], COG_BLOCK):
+            n = min(COG_BLOCK, size[0] - top)
+            y0 = int(top * ry + 1e-8)
+            y1 = min(max(int(np.ceil((top + n) * ry - 1e-8)), y0 + 1), src_size[0])
+            out = np.empty((n, size[1]), dtype=np.uint8)
+            mode_rows(source.read(y0, y1), y0, src_size, size, top, out, NODATA)
+            rows.append(out)
+            bands.append(self._pool.submit(self.compress, out))
+        for future in bands:
+            tiles.store(future.result())
+        levels.append(_Level(*size, tiles.tiles, tiles.file))
+        return rows
 
     def close(self) -> None:
-        for future in self._pending:
+        for _, future in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True)
-        self.file.close()
+        for file in self._files:
+            file.close()
 
 
 @dataclass
@@ -319,32 +440,10 @@ def template_of(
         return _read_template(cog)
 
 
-def _compressed_level(path: Path, sink: TileSink, file: BinaryIO) -> _Level:
-    """An overview level's tiles, compressed by the sink's threads, into ``file``."""
-    with rasterio.open(path) as src:
-        height, width = src.height, src.width
-        bands = [
-            src.read(1, window=Window(0, top, width, min(COG_BLOCK, height - top)))
-            for top in range(0, height, COG_BLOCK)
-        ]
-    tiles = []
-    for compressed in sink._pool.map(sink._compress, bands):
-        for data in compressed:
-            tiles.append((file.tell(), len(data)))
-            file.write(data)
-    return _Level(height, width, tiles, file)
-
-
-def assemble(raw: Path, overviews: list[Path], sink: TileSink, dest: Path) -> None:
-    """Write the class COG of ``raw`` (whose full-resolution tiles ``sink`` holds, ``overviews`` its
-    overview levels) to ``dest``."""
-    sink.finish()
+def assemble(raw: Path, sink: TileSink, dest: Path) -> None:
+    """Write the class COG of ``raw``, whose tiles ``sink`` holds (its overviews made now from the
+    rows it kept), to ``dest``."""
+    overviews = sink.overviews(raw)
     ghost, template = sink.template.result()
-    with rasterio.open(raw) as src:
-        height, width = src.height, src.width
-    with contextlib.ExitStack() as stack:
-        levels = [_Level(height, width, sink.tiles, sink.file)]
-        for path in overviews:
-            file = stack.enter_context(tempfile.TemporaryFile(dir=dest.parent, prefix=".ilots-tiles-"))
-            levels.append(_compressed_level(path, sink, file))
-        _write(dest, ghost, template, levels)
+    height, width = sink.size
+    _write(dest, ghost, template, [_Level(height, width, sink.main.tiles, sink.main.file), *overviews])

@@ -6,7 +6,8 @@ same overviews, level from level, a band of rows at a time (memory flat in the r
 go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a VRT of the raw
 raster, and the COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as
 GDAL's own copy. Where the prediction compressed the full-resolution tiles itself
-(:mod:`ilots.inference.cog`), the levels are compressed there too and no copy is made. A level
+(:mod:`ilots.inference.cog`), the levels are computed (by the same loops) and compressed there, and
+no copy is made. A level
 that halves its source (both sides even: BD ORTHO's 5000 px, and any power of two) takes a loop of
 its own (:func:`ilots.core.kernels.mode_rows`), 3x faster than the general one.
 
@@ -61,13 +62,13 @@ def write_class_cog(raw: Path, dest: Path, level: int, tiles: TileSink | None = 
     the COG is written here (:mod:`ilots.inference.cog`), else by GDAL's copy."""
     with rasterio.open(raw) as src:
         sizes = plan(src.height, src.width)
-    if sizes is None or (not sizes and tiles is None):
+    if tiles is not None and sizes is not None:
+        assemble(raw, tiles, dest)
+        return
+    if not sizes:
         write_cog(raw, dest, "MODE", level)
         return
     with _levels(raw, sizes) as files:
-        if tiles is not None:
-            assemble(raw, files, tiles, dest)
-            return
         vrt = raw.with_name(raw.name + ".vrt")
         try:
             rasterio.shutil.copy(raw, vrt, driver="VRT")

@@ -314,7 +314,11 @@ def _predict_into(
             "description": "class",
             "tags": all_tags,
         }
-        tiles = TileSink(dest.parent, deflate, options.readers, metadata) if deflate is not None else None
+        tiles = None
+        if deflate is not None:
+            levels = overview_sizes(source.height, source.width) or []
+            shape = (source.height, source.width)
+            tiles = TileSink(dest.parent, deflate, options.readers, metadata, shape, levels)
         if tiles is not None and deflate is not None:
             stack.callback(deflate.close)
             stack.callback(tiles.close)
