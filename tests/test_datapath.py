@@ -307,3 +307,28 @@ def test_overview_tiles_are_all_kept_however_fast_the_compression_threads_are(tm
     finally:
         sink.close()
         deflate.close()
+
+
+def test_without_a_usable_system_temporary_folder_the_class_cog_is_gdals_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-pixel COG that gives GDAL's tags cannot be made: GDAL copies the raster, same bytes."""
+    import tempfile
+
+    path = georeferenced(tmp_path / "in.tif", 700, 600, "EPSG:2154")
+    torch.manual_seed(0)
+    stats = {"mean": [120.0] * 4, "std": [40.0] * 4}
+    model = Segmenter(build_network(CONV), make_meta(CONV, CLASSES, ["r", "g", "b", "n"], stats, 64))
+    options = PredictOptions(window=256, overlap=32, device="cpu")
+    (tmp_path / "ours").mkdir()
+    predict_raster(model, path, tmp_path / "ours" / "out.tif", options)
+    import ilots.inference.cog as cog
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    laid_out = []
+    monkeypatch.setattr(cog, "_write", lambda *a: laid_out.append(a))
+    (tmp_path / "fallback").mkdir()
+    predict_raster(model, path, tmp_path / "fallback" / "out.tif", options)
+    assert not laid_out  # GDAL's copy, not ilots's layout
+    assert (tmp_path / "fallback" / "out.tif").read_bytes() == (tmp_path / "ours" / "out.tif").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "fallback").iterdir()) == ["out.tif", "out.tif.aux.xml"]

@@ -23,6 +23,7 @@ GDAL's copy is used, as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -31,7 +32,7 @@ import struct
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,16 @@ from typing import Any, BinaryIO
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
 from ilots.core.classes import NODATA
 from ilots.core.kernels import mode_rows
 from ilots.core.rasters import COG_BLOCK, write_cog
+
+# The largest class raster written here: its COG, overviews included, stays far below a classic
+# TIFF's 4 GiB (GDAL's BIGTIFF=IF_SAFER switches to BigTIFF from 2e9 bytes); a larger one is GDAL's copy.
+MAX_PX = 2**30
 
 _TILE_OFFSETS, _TILE_BYTE_COUNTS, _SUBFILE = 324, 325, 254
 _SIZE_TAGS = (256, 257)  # image width, length
@@ -70,7 +77,9 @@ class Deflate:
     @staticmethod
     def library() -> str | None:
         """The libdeflate shipped beside rasterio's GDAL (its wheels: ``rasterio.libs``, or
-        ``rasterio/.dylibs``), else the system's (a rasterio built on the system's GDAL)."""
+        ``rasterio/.dylibs``), else the system's (a rasterio built on the system's GDAL, which is
+        most likely linked with it; were it another, the COG would still be valid, its tiles'
+        bytes not GDAL's)."""
         here = Path(rasterio.__file__).parent
         vendored = [here.parent / "rasterio.libs", here / ".dylibs"]
         for folder in vendored:
@@ -138,6 +147,11 @@ def tiles_of(rows: NDArray[np.uint8]) -> Iterator[NDArray[np.uint8]]:
             yield tile
 
 
+def _count(size: tuple[int, int]) -> int:
+    """The number of 512 px tiles of a level of that size."""
+    return -(-size[0] // COG_BLOCK) * -(-size[1] // COG_BLOCK)
+
+
 class _Rows:
     """A level's rows, appended top to bottom, raw in an unlinked temporary file, read back in bands
     (the next level is computed from them with memory bounded by a band)."""
@@ -188,10 +202,12 @@ class TileSink:
         metadata: dict[str, Any],
         size: tuple[int, int],
         levels: list[tuple[int, int]],
+        initializer: Callable[[], None] | None = None,
     ) -> None:
         """``metadata``: :func:`template_of`'s arguments but the level (the template is made
         meanwhile); ``size``: the raster's height and width; ``levels``: its overview sizes
-        (:func:`ilots.inference.overviews.plan`)."""
+        (:func:`ilots.inference.overviews.plan`); ``initializer``: run by each thread first (the
+        prediction's lower priority on a CPU)."""
         self.folder, self.deflate, self.size, self.levels = folder, deflate, size, levels
         self._files: list[BinaryIO] = []  # closed (so removed) by close
         self.main = _LevelTiles(folder, self._files)
@@ -200,7 +216,7 @@ class TileSink:
         self.first = _LevelTiles(folder, self._files) if self.halving else None
         self.first_rows = _Rows(folder, size[1] // 2, self._files) if self.halving else None
         self._band: list[NDArray[np.uint8]] = []  # level 1 rows not yet a whole tile row
-        self._pool = ThreadPoolExecutor(max(1, threads), "ilots-deflate")
+        self._pool = ThreadPoolExecutor(max(1, threads), "ilots-deflate", initializer=initializer)
         self._pending: deque[tuple[_LevelTiles, Future[Any]]] = deque()
         self._limit = max(1, threads) + 1  # tile rows in flight (8 MB each at 16384 px wide)
         self.template = self._pool.submit(template_of, **metadata, level=deflate.level)
@@ -255,46 +271,63 @@ class TileSink:
         levels: list[_Level] = []
         if not self.levels:
             return levels
+        source: _Rows | None
         if self.first is not None and self.first_rows is not None:
+            if self.first_rows.height != self.levels[0][0] or len(self.first.tiles) != _count(self.levels[0]):
+                raise AssertionError(f"overview level 1 of {self.size}: {self.first_rows.height} rows")
             source = self.first_rows
             levels.append(_Level(*self.levels[0], self.first.tiles, self.first.file))
         else:  # at most 1024 px a side (overviews.plan): read whole
             with rasterio.open(raw) as src:
-                whole = src.read(1)
-            source = _Rows(self.folder, self.size[1], self._files)
-            source.append(whole)
-            source = self._level(source, self.size, self.levels[0], levels)
-        for above, size in zip(self.levels, self.levels[1:], strict=False):
-            source = self._level(source, above, size, levels)
+                whole = _Rows(self.folder, self.size[1], self._files)
+                whole.append(src.read(1))
+            source = self._level(whole, self.size, self.levels[0], levels, keep=len(self.levels) > 1)
+        for k, (above, size) in enumerate(zip(self.levels, self.levels[1:], strict=False), start=2):
+            assert source is not None
+            source = self._level(source, above, size, levels, keep=k < len(self.levels))
         return levels
 
     def _level(
-        self, source: _Rows, src_size: tuple[int, int], size: tuple[int, int], levels: list[_Level]
-    ) -> _Rows:
-        """Level ``size`` computed from ``source`` (of ``src_size``) in bands of 512 rows,
-        compressed (appended to ``levels``) and kept raw for the next level (returned)."""
-        rows, tiles = _Rows(self.folder, size[1], self._files), _LevelTiles(self.folder, self._files)
+        self,
+        source: _Rows,
+        src_size: tuple[int, int],
+        size: tuple[int, int],
+        levels: list[_Level],
+        keep: bool,
+    ) -> _Rows | None:
+        """Level ``size`` computed from ``source`` (of ``src_size``) in bands of 512 rows, compressed
+        (appended to ``levels``, a few bands in flight) and, with ``keep``, kept raw for the next
+        level (returned)."""
+        rows = _Rows(self.folder, size[1], self._files) if keep else None
+        tiles = _LevelTiles(self.folder, self._files)
         ry = src_size[0] / size[0]
-        bands = []
+        bands: deque[Future[list[bytes]]] = deque()
         for top in range(0, size[0], COG_BLOCK):
             n = min(COG_BLOCK, size[0] - top)
             y0 = int(top * ry + 1e-8)
             y1 = min(max(int(np.ceil((top + n) * ry - 1e-8)), y0 + 1), src_size[0])
             out = np.empty((n, size[1]), dtype=np.uint8)
             mode_rows(source.read(y0, y1), y0, src_size, size, top, out, NODATA)
-            rows.append(out)
+            if rows is not None:
+                rows.append(out)
             bands.append(self._pool.submit(self.compress, out))
-        for future in bands:
-            tiles.store(future.result())
+            while len(bands) > self._limit:
+                tiles.store(bands.popleft().result())
+        while bands:
+            tiles.store(bands.popleft().result())
         levels.append(_Level(*size, tiles.tiles, tiles.file))
         return rows
 
     def close(self) -> None:
+        """Stop the threads and remove the temporary files (their content is not needed any more:
+        a flush failing there is no failure of the COG)."""
         for _, future in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True)
         for file in self._files:
-            file.close()
+            with contextlib.suppress(OSError):
+                file.close()
+        self._files.clear()
 
 
 @dataclass
@@ -440,10 +473,19 @@ def template_of(
         return _read_template(cog)
 
 
-def assemble(raw: Path, sink: TileSink, dest: Path) -> None:
+def assemble(raw: Path, sink: TileSink, dest: Path) -> bool:
     """Write the class COG of ``raw``, whose tiles ``sink`` holds (its overviews made now from the
-    rows it kept), to ``dest``."""
+    rows it kept), to ``dest``; False (nothing written) where GDAL's one-pixel COG could not be made
+    or read (a full or unwritable system temporary folder): GDAL's copy of ``raw`` is the way then."""
+    try:
+        ghost, template = sink.template.result()
+    except (OSError, ValueError, RasterioError, CPLE_BaseError):
+        return False
+    sink.finish()
+    if len(sink.main.tiles) != _count(sink.size):
+        raise AssertionError(f"class COG of {sink.size}: {len(sink.main.tiles)} tiles")
     overviews = sink.overviews(raw)
-    ghost, template = sink.template.result()
     height, width = sink.size
     _write(dest, ghost, template, [_Level(height, width, sink.main.tiles, sink.main.file), *overviews])
+    sink.close()  # its temporary files: as large as the COG, not kept past it
+    return True

@@ -62,8 +62,7 @@ def write_class_cog(raw: Path, dest: Path, level: int, tiles: TileSink | None = 
     the COG is written here (:mod:`ilots.inference.cog`), else by GDAL's copy."""
     with rasterio.open(raw) as src:
         sizes = plan(src.height, src.width)
-    if tiles is not None and sizes is not None:
-        assemble(raw, tiles, dest)
+    if tiles is not None and sizes is not None and assemble(raw, tiles, dest):
         return
     if not sizes:
         write_cog(raw, dest, "MODE", level)

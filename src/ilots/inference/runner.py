@@ -47,6 +47,7 @@ from ilots.core.files import atomic_path
 from ilots.core.orthos import check_unique_stems
 from ilots.core.rasters import data_bands, open_georaster, write_cog
 from ilots.inference.blending import Frontier
+from ilots.inference.cog import MAX_PX as COG_MAX_PX
 from ilots.inference.cog import Deflate, TileSink
 from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
@@ -305,6 +306,7 @@ def _predict_into(
         if (
             rows is None
             and "compress" not in class_profile
+            and source.height * source.width <= COG_MAX_PX
             and overview_sizes(source.height, source.width) is not None
         ):
             deflate = Deflate.at(options.compress_level)  # the COG written here (ilots.inference.cog)
@@ -318,7 +320,8 @@ def _predict_into(
         if deflate is not None:
             levels = overview_sizes(source.height, source.width) or []
             shape = (source.height, source.width)
-            tiles = TileSink(dest.parent, deflate, options.readers, metadata, shape, levels)
+            background = _lower_priority if segmenter.device.type == "cpu" else None
+            tiles = TileSink(dest.parent, deflate, options.readers, metadata, shape, levels, background)
         if tiles is not None and deflate is not None:
             stack.callback(deflate.close)
             stack.callback(tiles.close)
