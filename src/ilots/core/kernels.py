@@ -109,7 +109,6 @@ def _mode4(a: int, b: int, c: int, d: int, nodata: int) -> int:
     """The value first to reach the highest count among a, b, c, d (in that order), ``nodata``
     skipped: :func:`mode_rows`'s rule for a window of 2 x 2 pixels."""
     best, top = nodata, 0
-    n = 0
     if a != nodata:
         best, top = a, 1
     if b != nodata:

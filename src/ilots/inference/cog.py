@@ -147,6 +147,14 @@ def tiles_of(rows: NDArray[np.uint8]) -> Iterator[NDArray[np.uint8]]:
             yield tile
 
 
+def source_rows(top: int, n: int, src_height: int, height: int) -> tuple[int, int]:
+    """The rows ``[y0, y1)`` of a level ``src_height`` rows tall that GDAL's MODE windows read for
+    rows ``[top, top + n)`` of its overview ``height`` rows tall (:func:`ilots.core.kernels.mode_rows`)."""
+    ry = src_height / height
+    y0 = int(top * ry + 1e-8)
+    return y0, min(max(int(np.ceil((top + n) * ry - 1e-8)), y0 + 1), src_height)
+
+
 def _count(size: tuple[int, int]) -> int:
     """The number of 512 px tiles of a level of that size."""
     return -(-size[0] // COG_BLOCK) * -(-size[1] // COG_BLOCK)
@@ -211,8 +219,7 @@ class TileSink:
         self.folder, self.deflate, self.size, self.levels = folder, deflate, size, levels
         self._files: list[BinaryIO] = []  # closed (so removed) by close
         self.main = _LevelTiles(folder, self._files)
-        self.halving = bool(levels) and levels[0] == (size[0] // 2, size[1] // 2) and not size[0] % 2
-        self.halving = self.halving and not size[1] % 2
+        self.halving = bool(levels) and size[0] % 2 == 0 and size[1] % 2 == 0  # level 1: h / 2 x w / 2
         self.first = _LevelTiles(folder, self._files) if self.halving else None
         self.first_rows = _Rows(folder, size[1] // 2, self._files) if self.halving else None
         self._band: list[NDArray[np.uint8]] = []  # level 1 rows not yet a whole tile row
@@ -244,7 +251,7 @@ class TileSink:
             return
         compressed, half = future.result()
         level.store(compressed)
-        if half is not None and self.first_rows is not None and self.first is not None:
+        if half is not None and self.first_rows is not None:  # halving
             self.first_rows.append(half)
             self._band.append(half)
             if sum(len(b) for b in self._band) >= COG_BLOCK:
@@ -300,12 +307,10 @@ class TileSink:
         level (returned)."""
         rows = _Rows(self.folder, size[1], self._files) if keep else None
         tiles = _LevelTiles(self.folder, self._files)
-        ry = src_size[0] / size[0]
         bands: deque[Future[list[bytes]]] = deque()
         for top in range(0, size[0], COG_BLOCK):
             n = min(COG_BLOCK, size[0] - top)
-            y0 = int(top * ry + 1e-8)
-            y1 = min(max(int(np.ceil((top + n) * ry - 1e-8)), y0 + 1), src_size[0])
+            y0, y1 = source_rows(top, n, src_size[0], size[0])
             out = np.empty((n, size[1]), dtype=np.uint8)
             mode_rows(source.read(y0, y1), y0, src_size, size, top, out, NODATA)
             if rows is not None:

@@ -7,9 +7,9 @@ go to striped GeoTIFFs (compressed as the raw is), listed as the overviews of a 
 raster, and the COG is copied from that VRT with ``OVERVIEWS=FORCE_USE_EXISTING``: the same bytes as
 GDAL's own copy. Where the prediction compressed the full-resolution tiles itself
 (:mod:`ilots.inference.cog`), the levels are computed (by the same loops) and compressed there, and
-no copy is made. A level
-that halves its source (both sides even: BD ORTHO's 5000 px, and any power of two) takes a loop of
-its own (:func:`ilots.core.kernels.mode_rows`), 3x faster than the general one.
+no copy is made. A level that halves its source (both sides even: BD ORTHO's 5000 px, and any
+power of two) takes a loop of its own (:func:`ilots.core.kernels.mode_rows`), 3x faster than the
+general one.
 
 The same bytes wherever GDAL reads each level in one piece: a level that halves its source exactly
 (both sides even), or any level of a small source. Where a larger level is not an exact halving
@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from ilots.core.classes import NODATA
 from ilots.core.kernels import mode_rows
 from ilots.core.rasters import COG_BLOCK, write_cog
-from ilots.inference.cog import TileSink, assemble
+from ilots.inference.cog import TileSink, assemble, source_rows
 
 ROWS = 256  # overview rows computed at a time
 SMALL = 1024  # a level whose source is at most this many px per side is read by GDAL in one piece
@@ -115,12 +115,10 @@ def _level(source: Path, path: Path, height: int, width: int) -> None:
             "crs": src.crs,
             "transform": src.transform * src.transform.scale(src.width / width, src.height / height),
         }
-        ry = src.height / height
         with rasterio.open(path, "w", **profile) as dst:
             for top in range(0, height, ROWS):
                 n = min(ROWS, height - top)
-                y0 = int(top * ry + 1e-8)
-                y1 = min(max(int(np.ceil((top + n) * ry - 1e-8)), y0 + 1), src.height)
+                y0, y1 = source_rows(top, n, src.height, height)
                 rows = src.read(1, window=Window(0, y0, src.width, y1 - y0))
                 out = np.empty((n, width), dtype=np.uint8)
                 mode_rows(rows, y0, (src.height, src.width), (height, width), top, out, NODATA)

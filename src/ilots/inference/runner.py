@@ -302,28 +302,23 @@ def _predict_into(
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)
         stack.callback(frontier.close)
-        deflate = None
-        if (
-            rows is None
-            and "compress" not in class_profile
-            and source.height * source.width <= COG_MAX_PX
-            and overview_sizes(source.height, source.width) is not None
-        ):
-            deflate = Deflate.at(options.compress_level)  # the COG written here (ilots.inference.cog)
-        metadata = {
-            "profile": class_profile,
-            "colours": class_map.colour_table(),
-            "description": "class",
-            "tags": all_tags,
-        }
-        tiles = None
-        if deflate is not None:
-            levels = overview_sizes(source.height, source.width) or []
-            shape = (source.height, source.width)
-            background = _lower_priority if segmenter.device.type == "cpu" else None
-            tiles = TileSink(dest.parent, deflate, options.readers, metadata, shape, levels, background)
-        if tiles is not None and deflate is not None:
+        tiles = None  # the class COG written here (ilots.inference.cog), where it can be
+        levels = overview_sizes(source.height, source.width)
+        whole = (
+            rows is None and "compress" not in class_profile and source.height * source.width <= COG_MAX_PX
+        )
+        deflate = Deflate.at(options.compress_level) if whole and levels is not None else None
+        if deflate is not None and levels is not None:
             stack.callback(deflate.close)
+            metadata = {
+                "profile": class_profile,
+                "colours": class_map.colour_table(),
+                "description": "class",
+                "tags": all_tags,
+            }
+            background = _lower_priority if segmenter.device.type == "cpu" else None
+            shape = (source.height, source.width)
+            tiles = TileSink(dest.parent, deflate, options.readers, metadata, shape, levels, background)
             stack.callback(tiles.close)
         writer = BlockWriter(
             grid, source, bands, alpha, out, proba, frontier, len(class_map), fill, rows,
