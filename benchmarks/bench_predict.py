@@ -16,6 +16,11 @@ The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16
     uv run python benchmarks/bench_predict.py --sizes 4096 16384 [--height 2048] [--device cuda]
         [--precision fp32 bf16] [--workers 1 2]
 
+``--repeat N`` (default 3) predicts the raster N times in each process and reports the median (the
+steady state of a folder of orthophotos: the first prediction of a raster size also grows the
+allocator's heaps); ``--rounds R`` runs every size and worker count R times, alternated, and prints
+the medians over the rounds (this machine's load drifts: compare figures from one alternated run).
+
 By default a 1024 px raster is predicted first, untimed (compiled loops loaded, GDAL and torch
 initialised: the steady state of a folder of orthophotos); ``--no-warm-up`` times the first one.
 ``--workers N``: the run may use N cores (CPU affinity), with N torch threads, N reader threads and
@@ -127,10 +132,12 @@ def child(args: argparse.Namespace) -> None:
     import ilots.inference.runner
     from ilots.inference.forward import forward, resolve_device
     from ilots.inference.grid import WindowGrid
+    from ilots.inference.memory import keep_freed_memory
     from ilots.inference.options import PredictOptions
     from ilots.inference.runner import predict_raster
     from ilots.models.bundle import Segmenter
 
+    keep_freed_memory()  # as predict_raster sets it: the forward-only batches under the same allocator
     if args.workers:  # this many cores for everything: torch's threads, reader threads, GDAL's
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.workers])
         torch.set_num_threads(args.workers)
@@ -180,16 +187,19 @@ def child(args: argparse.Namespace) -> None:
         predict_raster(segmenter, small, out / "warm-up.tif", options)
     ilots.inference.runner.forward = timed_forward
 
-    start = time.perf_counter()
-    predict_raster(
-        segmenter,
-        raster,
-        out / "classes.tif",
-        options,
-        probabilities=out / "probabilities.tif" if args.probabilities else None,
-    )
-    sync()
-    end_to_end_s = time.perf_counter() - start
+    runs = []
+    for _ in range(args.repeat):  # the steady state of a folder of orthophotos: the median of these
+        start = time.perf_counter()
+        predict_raster(
+            segmenter,
+            raster,
+            out / "classes.tif",
+            options,
+            probabilities=out / "probabilities.tif" if args.probabilities else None,
+        )
+        sync()
+        runs.append(time.perf_counter() - start)
+    end_to_end_s = statistics.median(runs)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     ilots.inference.runner.forward = forward
@@ -202,7 +212,8 @@ def child(args: argparse.Namespace) -> None:
                 "raster": f"{height}x{width}",
                 "windows": len(grid.keys()),
                 "batches": n_batches,
-                "end_to_end_s": round(end_to_end_s, 2),
+                "end_to_end_s": round(end_to_end_s, 3),
+                "end_to_end_runs_s": [round(t, 3) for t in runs],
                 "end_to_end_mpx_s": round(mpx / end_to_end_s, 4),
                 "forward_only_s": round(forward_s, 2),
                 "forward_only_mpx_s": round(mpx / forward_s, 4),
@@ -210,7 +221,7 @@ def child(args: argparse.Namespace) -> None:
                     args.batch_size * np.prod(grid.size) / 1e6 / statistics.median(times), 4
                 ),
                 "ratio": round(forward_s / end_to_end_s, 3),
-                "forward_busy_in_run": round(sum(in_run) / end_to_end_s, 3),
+                "forward_busy_in_run": round(sum(in_run) / sum(runs), 3),
                 "peak_rss_mb": round(peak_rss_mb, 1),
                 "device": str(segmenter.device),
                 "precision": args.precision,
@@ -242,6 +253,15 @@ def main() -> None:
     )
     parser.add_argument("--forward-batches", type=int, default=7)
     parser.add_argument(
+        "--repeat", type=int, default=3, help="end-to-end predictions per process (their median is reported)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every size and worker count this many times, alternated (medians over the rounds)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         nargs="+",
@@ -260,34 +280,52 @@ def main() -> None:
         return
     data = Path(args.data)
     bundle = model_bundle(data, args.model)
-    results = []
-    for size in args.sizes:
-        height = args.height or size
-        raster = make_raster(data / f"ortho-{height}x{size}.tif", height, size)
-        for precision, workers in [(p, w) for p in args.precision for w in args.workers]:
-            out = data / f"out-{height}x{size}-{args.model}-{precision}-{workers}"
-            cmd = [sys.executable, __file__, "--child", "--raster", str(raster), "--bundle", str(bundle)]
-            cmd += ["--out", str(out), "--window", str(args.window), "--overlap", str(args.overlap)]
-            cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--precision", precision]
-            cmd += ["--forward-batches", str(args.forward_batches), "--workers", str(workers)]
-            cmd += ["--probabilities"] if args.probabilities else []
-            cmd += [] if args.warm_up else ["--no-warm-up"]
-            line = (
-                subprocess.run(cmd, check=True, capture_output=True, text=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            result = {"model": args.model, **json.loads(line)}
-            results.append(result)
+    results: dict[tuple[int, str, int], list[dict[str, object]]] = {}
+    for _ in range(args.rounds):  # alternated: the machine's drift hits every configuration alike
+        for size in args.sizes:
+            height = args.height or size
+            raster = make_raster(data / f"ortho-{height}x{size}.tif", height, size)
+            for precision, workers in [(p, w) for p in args.precision for w in args.workers]:
+                out = data / f"out-{height}x{size}-{args.model}-{precision}-{workers}"
+                cmd = [sys.executable, __file__, "--child", "--raster", str(raster), "--bundle", str(bundle)]
+                cmd += ["--out", str(out), "--window", str(args.window), "--overlap", str(args.overlap)]
+                cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
+                cmd += ["--precision", precision, "--forward-batches", str(args.forward_batches)]
+                cmd += ["--workers", str(workers), "--repeat", str(args.repeat)]
+                cmd += ["--probabilities"] if args.probabilities else []
+                cmd += [] if args.warm_up else ["--no-warm-up"]
+                line = (
+                    subprocess.run(cmd, check=True, capture_output=True, text=True)
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
+                result = {"model": args.model, **json.loads(line)}
+                results.setdefault((size, precision, workers), []).append(result)
+                print(
+                    f"{result['raster']} {args.model} {precision} {result['workers']} worker(s): "
+                    f"end-to-end {result['end_to_end_mpx_s']:.3f} "
+                    f"Mpx/s (runs {result['end_to_end_runs_s']} s), forward-only "
+                    f"{result['forward_only_mpx_s']:.3f} Mpx/s, ratio {result['ratio']:.2f}, "
+                    f"model busy {result['forward_busy_in_run']:.2f} of the run, "
+                    f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+    if args.rounds > 1:
+        print("medians over the rounds:")
+        for (size, precision, workers), rounds in results.items():
+
+            def median(key: str, rounds: list[dict[str, object]] = rounds) -> float:
+                return statistics.median(float(r[key]) for r in rounds)  # type: ignore[arg-type]
+
             print(
-                f"{result['raster']} {args.model} {precision} {result['workers']} worker(s): "
-                f"end-to-end {result['end_to_end_mpx_s']:.3f} "
-                f"Mpx/s, forward-only {result['forward_only_mpx_s']:.3f} Mpx/s, ratio {result['ratio']:.2f}, "
-                f"model busy {result['forward_busy_in_run']:.2f} of the run, "
-                f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                f"  {size} px {precision} {workers or 'all'} worker(s): end-to-end "
+                f"{median('end_to_end_mpx_s'):.2f} Mpx/s, forward-only {median('forward_only_mpx_s'):.2f}, "
+                f"ratio {median('ratio'):.2f}, peak RSS {median('peak_rss_mb'):.0f} MB "
+                f"({min(float(r['peak_rss_mb']) for r in rounds):.0f}-"  # type: ignore[arg-type]
+                f"{max(float(r['peak_rss_mb']) for r in rounds):.0f})",  # type: ignore[arg-type]
                 flush=True,
             )
-    print(json.dumps(results, indent=2))
+    print(json.dumps([r for rounds in results.values() for r in rounds], indent=2))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from rasters import write_mask
 import ilots.inference.reading as reading
 import ilots.inference.runner as runner
 from ilots.core.errors import IlotsError
-from ilots.core.kernels import accumulate, classify, normalize
+from ilots.core.kernels import normalize
 from ilots.core.rasters import write_cog
+from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
 from ilots.inference.options import PredictOptions
 from ilots.inference.overviews import plan, write_class_cog
@@ -111,24 +112,76 @@ def test_a_prediction_is_the_same_bytes_with_windows_from_units_or_read_one_by_o
         assert len(np.unique(out.read(1))) == 4  # a real map, not one class
 
 
-def test_compiled_blending_and_class_choice_equal_numpy_bit_for_bit() -> None:
-    rng = np.random.default_rng(1)
+def blended_by_numpy(grid: WindowGrid, probs: dict[tuple[int, int], np.ndarray], classes: int) -> np.ndarray:
+    """The plain way: every window's probabilities x weights added in turn into a raster of zeros."""
+    (h, w), total = grid.size, np.zeros((classes, grid.height, grid.width), np.float32)
+    for i, j in grid.keys():
+        y, x = grid.rows[i], grid.cols[j]
+        total[:, y : y + h, x : x + w] += probs[i, j] * grid.weights(i, j)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "window", "overlap", "classes"),
+    [
+        (300, 410, 64, 16, 4),  # regular windows, the last ones aligned on the edges
+        (300, 410, 128, 100, 4),  # overlap over half the window: a window over five blocks
+        (129, 257, 64, 0, 4),  # no overlap
+        (65, 300, 64, 63, 3),  # the last window row one pixel below the first
+        (100, 90, 128, 16, 4),  # one window, smaller than asked
+        (1, 1, 64, 16, 2),  # one pixel
+        (200, 230, 64, 16, 20),  # many classes
+    ],
+)
+def test_blending_in_one_pass_equals_adding_every_window_into_zeros_bit_for_bit(
+    tmp_path: Path, height: int, width: int, window: int, overlap: int, classes: int
+) -> None:
+    rng = np.random.default_rng(height + width)
+    grid = WindowGrid(height, width, window, overlap)
     # probabilities on a coarse grid of values: many exact ties between classes, and a NaN
-    probs = (rng.integers(0, 6, (4, 40, 60)) / 5).astype(np.float32)
-    probs[2, 5, 7] = np.nan
-    weights = rng.random((40, 60)).astype(np.float32)
-    carried = (rng.integers(0, 4, (4, 40, 35)) / 7).astype(np.float32)
-    block = carried.copy()
-    accumulate(block, probs, weights, 20, 35)
-    expected = carried + (probs * weights)[:, :, 20:55]
-    np.testing.assert_array_equal(block, expected)
-    valid = rng.random((30, 35)) > 0.2
-    out, counts = np.empty((30, 35), np.uint8), np.zeros(256, np.int64)
-    classify(block[:, :30], 30, valid, 255, out, counts)
-    reference = np.where(valid, expected[:, :30].argmax(axis=0), 255).astype(np.uint8)
-    np.testing.assert_array_equal(out, reference)
-    np.testing.assert_array_equal(counts, np.bincount(reference.ravel(), minlength=256))
-    assert out[5, 7] == 2 or not valid[5, 7]  # the NaN wins, as with numpy
+    probs = {k: (rng.integers(0, 6, (classes, *grid.size)) / 5).astype(np.float32) for k in grid.keys()}
+    middle = grid.keys()[len(grid.keys()) // 2]
+    probs[middle][1, 0, 0] = np.nan
+    valid = rng.random((height, width)) > 0.1
+    total = blended_by_numpy(grid, probs, classes)
+    expected = np.where(valid, total.argmax(axis=0), 255).astype(np.uint8)
+    frontier = Frontier(tmp_path)
+    blender, counts = Blender(grid, classes, frontier), np.zeros(256, np.int64)
+    labels, sums = np.full((height, width), 77, np.uint8), np.full(total.shape, -1.0, np.float32)
+    for i, j in grid.keys():
+        block = blender.block(i, j)
+        rows, cols = block.toslices()
+        got, kept = blender.add(i, j, probs[i, j], np.ascontiguousarray(valid[rows, cols]), counts, sums=True)
+        labels[rows, cols], sums[:, rows, cols] = got, kept
+    frontier.close()
+    np.testing.assert_array_equal(sums, total)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(counts, np.bincount(expected.ravel(), minlength=256))
+    nan_at = grid.rows[middle[0]], grid.cols[middle[1]]
+    assert labels[nan_at] == 1 or not valid[nan_at]  # the NaN wins, as with numpy
+
+
+def test_a_shard_of_window_rows_blends_the_rows_of_the_whole_raster(tmp_path: Path) -> None:
+    grid, classes = WindowGrid(400, 150, 64, 24), 4
+    rng = np.random.default_rng(3)
+    probs = {k: rng.random((classes, *grid.size)).astype(np.float32) for k in grid.keys()}
+    expected = blended_by_numpy(grid, probs, classes).argmax(axis=0)
+    first, start = 4, runner.first_contributing_row(grid, 4)
+    assert start < first  # rows above the shard hand it their overlap
+    frontier = Frontier(tmp_path)
+    blender, counts = Blender(grid, classes, frontier, start), np.zeros(256, np.int64)
+    for i, j in grid.keys():
+        if i < start:
+            continue
+        if i < first:
+            assert blender.add(i, j, probs[i, j], None, counts)[0].size == 0
+            continue
+        block = blender.block(i, j)
+        rows, cols = block.toslices()
+        valid = np.ones((block.height, block.width), dtype=np.bool_)
+        np.testing.assert_array_equal(blender.add(i, j, probs[i, j], valid, counts)[0], expected[rows, cols])
+    frontier.close()
+    assert counts.sum() == (400 - grid.rows[first]) * 150  # the rows above counted nowhere
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "float64"])

@@ -1,12 +1,12 @@
-"""Per-pixel loops of prediction, compiled (numba): input normalization, blending, class choice,
+"""Per-pixel loops of prediction, compiled (numba): input normalization, blending and class choice,
 MODE overviews.
 
 Normalizing a batch with torch (to float32 channels-last, then ``sub_``, ``div_``) took three
 passes over it in the forward thread; :func:`normalize` does it in one, in a reader thread. Written
 with numpy, blending a window (``probs * weights`` into a temporary, then added into each
 block it covers) and choosing classes (``argmax`` over the class axis, ``bincount``) took the writer
-thread 1.0 s of a 2.0 s prediction of a 4096 px raster on two cores (1x1-convolution model); one
-pass per pixel here does the same work in a fraction of it. The values are the same bit for bit:
+thread 1.0 s of a 2.0 s prediction of a 4096 px raster on two cores (1x1-convolution model);
+:func:`blend_window` does both in one pass over the window. The values are the same bit for bit:
 float32 products rounded before the sum (no fused multiply-add: numba's default arithmetic is
 IEEE), and the first class wins a tie, as ``numpy.argmax`` (a NaN wins, as there).
 
@@ -36,48 +36,107 @@ def _compiled(function: Any) -> Any:
 
 
 @_compiled
-def accumulate(
-    block: NDArray[np.float32], probs: NDArray[np.float32], weights: NDArray[np.float32], x0: int, width: int
-) -> None:
-    """``block[c, y, x] += probs[c, y, x0 + x] * weights[y, x0 + x]`` for ``x < width`` and the rows
-    of ``probs``."""
-    classes, rows = probs.shape[0], probs.shape[1]
-    for c in range(classes):
-        for y in range(rows):
-            out, p, w = block[c, y], probs[c, y], weights[y]
-            for x in range(width):
-                out[x] += p[x0 + x] * w[x0 + x]
-
-
-@_compiled
-def classify(
-    block: NDArray[np.float32],
-    rows: int,
+def blend_window(
+    probs: NDArray[np.float32],
+    weights: NDArray[np.float32],
+    carry: NDArray[np.float32],
+    top: NDArray[np.float32],
+    finished: tuple[int, int],
     valid: NDArray[np.bool_],
     nodata: int,
+    classes: NDArray[np.uint8],
+    counts: NDArray[np.int64],
+    sums: NDArray[np.float32],
+    below: NDArray[np.float32],
+    right: NDArray[np.float32],
+) -> None:
+    """One window's weighted probabilities added to what earlier windows left there, in one pass.
+
+    ``probs`` (classes, h, w) times ``weights`` (h, w), plus the sums the earlier windows of the
+    row left in its first columns (``carry``: (classes, h, carry width)) or, elsewhere in its
+    first rows, the sums the row above handed down (``top``: (classes, top rows, w)); each sum
+    ``prior + probs * weights`` rounded to float32 as numpy does, so the same bits as adding every
+    window in turn into a raster of zeros. Of the result, the ``finished`` (rows, columns) corner is
+    final: its class (the first highest value, a NaN winning as with ``numpy.argmax``; ``nodata``
+    where not ``valid``) goes to ``classes`` and ``counts`` (skipped where ``classes`` has no rows),
+    its sums to ``sums`` (where that has rows: the probability raster); the rows below it go to
+    ``below``, the columns to its right (every row) to ``right``: the next rows' and windows' priors.
+    """
+    n_classes, height, width = probs.shape
+    rows, cols = finished
+    left, top_rows = carry.shape[2], top.shape[1]
+    keep, label = sums.shape[1] > 0, classes.shape[0] > 0
+    acc = np.empty((n_classes, width), dtype=np.float32)
+    best = np.empty(width, dtype=np.float32)
+    index = np.empty(width, dtype=np.uint8)
+    for y in range(height):
+        w = weights[y]
+        for c in range(n_classes):
+            p, a = probs[c, y], acc[c]
+            for x in range(width):
+                a[x] = p[x] * w[x]
+            if left:
+                prior = carry[c, y]
+                for x in range(left):
+                    a[x] += prior[x]
+            if y < top_rows:
+                prior = top[c, y]
+                for x in range(left, width):
+                    a[x] += prior[x]
+        if y < rows:
+            if label:
+                _classify_row(acc, cols, valid[y], nodata, best, index, classes[y], counts)
+            if keep:
+                for c in range(n_classes):
+                    sums[c, y, :cols] = acc[c, :cols]
+        else:
+            for c in range(n_classes):
+                below[c, y - rows, :cols] = acc[c, :cols]
+        for c in range(n_classes):
+            right[c, y, :] = acc[c, cols:]
+
+
+@numba.njit(nogil=True, inline="always")
+def _classify_row(
+    acc: NDArray[np.float32],
+    cols: int,
+    valid: NDArray[np.bool_],
+    nodata: int,
+    best: NDArray[np.float32],
+    index: NDArray[np.uint8],
     out: NDArray[np.uint8],
     counts: NDArray[np.int64],
 ) -> None:
-    """``out[y, x]``: the first class of highest value in ``block[:, y, x]`` over the first ``rows``
-    rows, ``nodata`` where not ``valid``; adds the pixels of each value to ``counts``."""
-    classes, width = block.shape[0], block.shape[2]
-    for y in range(rows):
-        for x in range(width):
-            if not valid[y, x]:
-                out[y, x] = nodata
-                counts[nodata] += 1
-                continue
-            best, index = block[0, y, x], 0
-            if best == best:  # not NaN: a NaN is the maximum
-                for c in range(1, classes):
-                    v = block[c, y, x]
-                    if v != v:
-                        index = c
-                        break
-                    if v > best:
-                        best, index = v, c
-            out[y, x] = index
-            counts[index] += 1
+    """``out[x]``: the first class of highest ``acc[:, x]`` (a NaN wins), ``nodata`` where not
+    ``valid``, for ``x < cols``; their counts added to ``counts``. Branch-free over a row."""
+    n_classes = acc.shape[0]
+    first = acc[0]
+    for x in range(cols):
+        best[x] = first[x]
+        index[x] = 0
+    for c in range(1, n_classes):
+        values = acc[c]
+        for x in range(cols):
+            v, b = values[x], best[x]
+            take = (v > b) | ((v != v) & (b == b))
+            best[x] = v if take else b
+            index[x] = np.uint8(c) if take else index[x]
+    invalid = 0
+    for x in range(cols):
+        ok = valid[x]
+        out[x] = index[x] if ok else nodata
+        invalid += 0 if ok else 1
+    counts[nodata] += invalid
+    if n_classes <= 16:  # a few classes: one vectorized count each
+        for c in range(n_classes):
+            found = 0
+            for x in range(cols):
+                found += (index[x] == c) & valid[x]
+            counts[c] += found
+    else:
+        for x in range(cols):
+            if valid[x]:
+                counts[index[x]] += 1
 
 
 @_compiled

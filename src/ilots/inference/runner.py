@@ -21,7 +21,6 @@ and a read failure midway (a damaged file) one naming the orthophoto.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from ilots.inference.cog import Deflate, TileSink
 from ilots.inference.forward import forward, resolve_device
 from ilots.inference.grid import WindowGrid
 from ilots.inference.locks import output_lock, remove_stale_parts
+from ilots.inference.memory import keep_freed_memory, trimmer
 from ilots.inference.options import PredictOptions
 from ilots.inference.overviews import plan as overview_sizes
 from ilots.inference.overviews import write_class_cog
@@ -75,20 +75,10 @@ PREFETCH = 2  # batches read ahead of the forward pass
 RAW_UNCOMPRESSED_PX = 2**30
 BACKGROUND_NICE = 10  # the data path's threads beside a forward pass on the CPU
 # Every this many batches the writer hands the C library's free memory back to the system
-# (glibc's malloc_trim): batches of 4 to 16 MB, freed by several threads, otherwise stay in its
-# arenas, and peak RSS grew with the length of a run (1 worker: 1044 MB at 4096 px, 1300-1338 at
-# 16384; with it 1057-1076 and 1112-1211, at the same speed within this machine's noise).
+# (glibc's malloc_trim; :mod:`ilots.inference.memory` keeps it there in between): batches of 4 to
+# 16 MB, freed by several threads, otherwise stay in its arenas, and peak RSS grew with the length
+# of a run (1 worker: 1044 MB at 4096 px, 1300-1338 at 16384; with it 1057-1076 and 1112-1211).
 TRIM_BATCHES = 32
-
-
-def _memory_trimmer() -> Callable[[], object]:
-    """glibc's ``malloc_trim(0)``, or nothing where the C library has none (macOS, musl)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
 
 
 def _lower_priority() -> None:
@@ -278,6 +268,7 @@ def _predict_into(
 ) -> BlockWriter:
     """The streamed prediction of :func:`predict_raster`, written atomically; its block writer."""
     class_map = ClassMap(tuple(segmenter.classes))
+    keep_freed_memory()  # batches reuse the pages of the ones before (ilots.inference.memory)
     all_tags = {"CLASSES": class_map.tag(), "NODATA_CLASS": str(NODATA), **(tags or {})}
     with contextlib.ExitStack() as stack:
         class_tmp = stack.enter_context(atomic_path(dest))
@@ -332,7 +323,7 @@ def _predict_into(
                 raise _Unreadable() from exc
             return segmenter.prepare(scale.prepare(batch))
 
-        trim, written = _memory_trimmer(), [0]
+        trim, written = trimmer(), [0]
 
         def write(keys: Sequence[tuple[int, int]], probs: NDArray[Any]) -> None:
             writer.add_batch(keys, probs)

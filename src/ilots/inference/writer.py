@@ -16,8 +16,6 @@ from numpy.typing import NDArray
 from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
-from ilots.core.classes import NODATA
-from ilots.core.kernels import classify
 from ilots.core.rasters import COG_BLOCK, Fill, valid_mask
 from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
@@ -147,19 +145,23 @@ class BlockWriter:
 
     def add_batch(self, keys: Sequence[tuple[int, int]], probs: NDArray[Any]) -> None:
         for (i, j), window_probs in zip(keys, probs, strict=True):
-            finished = self.blender.add(i, j, window_probs)
-            if i >= self.first_row:  # the rows above a shard only hand their overlap down
-                self.write_block(*finished)
+            if i < self.first_row:  # the rows above a shard only hand their overlap down
+                self.blender.add(i, j, window_probs, None, self.counts)
+                continue
+            window = self.blender.block(i, j)
+            valid = np.ascontiguousarray(valid_mask(self.source, window, self.bands, self.alpha, self.fill))
+            classes, sums = self.blender.add(
+                i, j, window_probs, valid, self.counts, sums=self.proba_rows is not None
+            )
+            self.class_rows.put(window, classes[np.newaxis])
+            if self.proba_rows is not None and sums is not None:
+                self.write_probabilities(window, sums, valid)
 
-    def write_block(self, window: Window, acc: NDArray[Any]) -> None:
-        valid = np.ascontiguousarray(valid_mask(self.source, window, self.bands, self.alpha, self.fill))
-        classes = np.empty(valid.shape, dtype=np.uint8)
-        classify(acc, valid.shape[0], valid, NODATA, classes, self.counts)
-        self.class_rows.put(window, classes[np.newaxis])
-        if self.proba_rows is not None:
-            r0, c0 = int(window.row_off), int(window.col_off)
-            r1, c1 = r0 + int(window.height), c0 + int(window.width)
-            total = np.outer(self.row_weight[r0:r1], self.col_weight[c0:c1]).astype(np.float32)
-            scaled = np.rint(np.clip(acc / total, 0.0, 1.0) * 255.0).astype(np.uint8)
-            scaled[:, ~valid] = 0
-            self.proba_rows.put(window, scaled, valid.astype(np.uint8) * 255)
+    def write_probabilities(self, window: Window, sums: NDArray[Any], valid: NDArray[np.bool_]) -> None:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        total = np.outer(self.row_weight[r0:r1], self.col_weight[c0:c1]).astype(np.float32)
+        scaled = np.rint(np.clip(sums / total, 0.0, 1.0) * 255.0).astype(np.uint8)
+        scaled[:, ~valid] = 0
+        assert self.proba_rows is not None
+        self.proba_rows.put(window, scaled, valid.astype(np.uint8) * 255)
