@@ -23,8 +23,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # Free memory at the top of a heap is handed back only past this (glibc's default: 128 kB, raised
 # with the largest block freed, up to 64 MB): the trimmer does it instead.
 KEEP_BYTES = 2**30
-# Blocks up to this size come from the heaps (glibc's largest allowed value on 64-bit systems: a
-# batch of 8 windows of 512 x 512 x 4 float32); larger ones are still mapped and unmapped each time.
+# Blocks below this size come from the heaps (the largest value glibc allows on 64-bit systems; a
+# batch of 4 windows of 512 x 512 px in 4 bands is 16 MB of float32); larger ones are still mapped
+# and unmapped each time.
 HEAP_BLOCK_BYTES = 32 * 2**20
 
 _kept = False
