@@ -232,6 +232,13 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
+def at_least_one(text: str) -> int:
+    """An argument that counts runs: 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 1 or more")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,11 +260,14 @@ def main() -> None:
     )
     parser.add_argument("--forward-batches", type=int, default=7)
     parser.add_argument(
-        "--repeat", type=int, default=3, help="end-to-end predictions per process (their median is reported)"
+        "--repeat",
+        type=at_least_one,
+        default=3,
+        help="end-to-end predictions per process (their median is reported)",
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=at_least_one,
         default=1,
         help="run every size and worker count this many times, alternated (medians over the rounds)",
     )

@@ -142,6 +142,7 @@ def test_blending_in_one_pass_equals_adding_every_window_into_zeros_bit_for_bit(
     probs = {k: (rng.integers(0, 6, (classes, *grid.size)) / 5).astype(np.float32) for k in grid.keys()}
     middle = grid.keys()[len(grid.keys()) // 2]
     probs[middle][1, 0, 0] = np.nan
+    probs[grid.keys()[0]][0, 0, 0] = -0.0  # into zeros, it sums to +0.0
     valid = rng.random((height, width)) > 0.1
     total = blended_by_numpy(grid, probs, classes)
     expected = np.where(valid, total.argmax(axis=0), 255).astype(np.uint8)
@@ -155,6 +156,7 @@ def test_blending_in_one_pass_equals_adding_every_window_into_zeros_bit_for_bit(
         labels[rows, cols], sums[:, rows, cols] = got, kept
     frontier.close()
     np.testing.assert_array_equal(sums, total)
+    np.testing.assert_array_equal(np.signbit(sums), np.signbit(total))  # -0.0 and +0.0 told apart
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_array_equal(counts, np.bincount(expected.ravel(), minlength=256))
     nan_at = grid.rows[middle[0]], grid.cols[middle[1]]
@@ -165,7 +167,8 @@ def test_a_shard_of_window_rows_blends_the_rows_of_the_whole_raster(tmp_path: Pa
     grid, classes = WindowGrid(400, 150, 64, 24), 4
     rng = np.random.default_rng(3)
     probs = {k: rng.random((classes, *grid.size)).astype(np.float32) for k in grid.keys()}
-    expected = blended_by_numpy(grid, probs, classes).argmax(axis=0)
+    total = blended_by_numpy(grid, probs, classes)
+    expected = total.argmax(axis=0)
     first, start = 4, runner.first_contributing_row(grid, 4)
     assert start < first  # rows above the shard hand it their overlap
     frontier = Frontier(tmp_path)
@@ -179,7 +182,9 @@ def test_a_shard_of_window_rows_blends_the_rows_of_the_whole_raster(tmp_path: Pa
         block = blender.block(i, j)
         rows, cols = block.toslices()
         valid = np.ones((block.height, block.width), dtype=np.bool_)
-        np.testing.assert_array_equal(blender.add(i, j, probs[i, j], valid, counts)[0], expected[rows, cols])
+        labels, sums = blender.add(i, j, probs[i, j], valid, counts, sums=True)
+        np.testing.assert_array_equal(labels, expected[rows, cols])
+        np.testing.assert_array_equal(sums, total[:, rows, cols])  # the probability raster's too
     frontier.close()
     assert counts.sum() == (400 - grid.rows[first]) * 150  # the rows above counted nowhere
 

@@ -73,8 +73,8 @@ def blend_window(
         w = weights[y]
         for c in range(n_classes):
             p, a = probs[c, y], acc[c]
-            for x in range(width):
-                a[x] = p[x] * w[x]
+            for x in range(width):  # from +0.0, as into zeros (a product of -0.0 sums to +0.0)
+                a[x] = np.float32(0.0) + p[x] * w[x]
             if left:
                 prior = carry[c, y]
                 for x in range(left):

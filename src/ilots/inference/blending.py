@@ -108,6 +108,12 @@ class Blender:
         (h, w), x0 = g.size, g.cols[j]
         rows, (c0, c1) = g.block_rows(i), g.block_cols(j)
         cols = c1 - c0
+        if probs.shape != (self.n_classes, h, w) or (valid is not None and valid.shape != (rows, cols)):
+            raise ValueError(
+                f"window ({i}, {j}): probabilities {probs.shape} and valid mask "
+                f"{None if valid is None else valid.shape} for {self.n_classes} classes, "
+                f"a {h} x {w} window and a {rows} x {cols} block"
+            )  # the compiled pass does not check its bounds
         if j == 0:
             self.carry = np.zeros((self.n_classes, h, 0), dtype=np.float32)
             self.handed.clear()
@@ -117,7 +123,8 @@ class Blender:
         kept = np.empty((self.n_classes, rows, cols) if sums else (0, 0, 0), dtype=np.float32)
         below = np.empty((self.n_classes, h - rows, cols), dtype=np.float32)
         right = np.empty((self.n_classes, h, w - cols), dtype=np.float32)
-        assert self.carry.shape[2] == (g.cols[j - 1] + w - x0 if j else 0)
+        if self.carry.shape[2] != (g.cols[j - 1] + w - x0 if j else 0):
+            raise ValueError(f"window ({i}, {j}) added out of row-major order")
         blend_window(
             as_float32(probs), g.weights(i, j), self.carry, top, (rows, cols),
             valid if label else np.ones((0, 0), dtype=np.bool_), NODATA, classes, counts, kept, below, right,

@@ -23,7 +23,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # Free memory at the top of a heap is handed back only past this (glibc's default: 128 kB, raised
 # with the largest block freed, up to 64 MB): the trimmer does it instead.
 KEEP_BYTES = 2**30
-# Blocks below this size come from the heaps (the largest value glibc allows on 64-bit systems; a
+# Blocks below this size come from the heaps (the largest value malloc(3) documents on 64-bit systems; a
 # batch of 4 windows of 512 x 512 px in 4 bands is 16 MB of float32); larger ones are still mapped
 # and unmapped each time.
 HEAP_BLOCK_BYTES = 32 * 2**20
@@ -35,7 +35,7 @@ def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc has both; macOS and musl do not)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
     return libc
 
@@ -50,8 +50,9 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES)) and bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
+    # the mmap threshold first: where it is refused, the trim threshold is left as it was
+    _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES)
     )
     return _kept
 
