@@ -18,7 +18,7 @@ from rasters import write_mask
 import ilots.inference.reading as reading
 import ilots.inference.runner as runner
 from ilots.core.errors import IlotsError
-from ilots.core.kernels import normalize
+from ilots.core.kernels import normalize, scale_probabilities
 from ilots.core.rasters import write_cog
 from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
@@ -187,6 +187,23 @@ def test_a_shard_of_window_rows_blends_the_rows_of_the_whole_raster(tmp_path: Pa
         np.testing.assert_array_equal(sums, total[:, rows, cols])  # the probability raster's too
     frontier.close()
     assert counts.sum() == (400 - grid.rows[first]) * 150  # the rows above counted nowhere
+
+
+def test_compiled_probability_bytes_equal_numpy_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    row_weight, col_weight = rng.random(30) + 0.5, rng.random(40) + 0.5
+    total = np.outer(row_weight, col_weight).astype(np.float32)
+    # values at half steps of 1/255 (rounded half to even), below 0, above 1, a NaN
+    sums = (rng.integers(-20, 530, (3, 30, 40)) / 510 * total).astype(np.float32)
+    sums[1, 2, 3] = np.nan
+    valid = rng.random((30, 40)) > 0.2
+    out = np.empty(sums.shape, np.uint8)
+    scale_probabilities(sums, row_weight, col_weight, valid, out)
+    with np.errstate(invalid="ignore"):
+        expected = np.rint(np.clip(sums / total, 0.0, 1.0) * 255.0).astype(np.uint8)
+    expected[:, ~valid] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert out[1, 2, 3] == 0 and {0, 255} <= set(np.unique(out)) and len(np.unique(out)) > 200
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "float64"])

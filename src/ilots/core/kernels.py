@@ -140,6 +140,32 @@ def _classify_row(
 
 
 @_compiled
+def scale_probabilities(
+    sums: NDArray[np.float32],
+    row_weight: NDArray[np.float64],
+    col_weight: NDArray[np.float64],
+    valid: NDArray[np.bool_],
+    out: NDArray[np.uint8],
+) -> None:
+    """The probability raster's bytes of a block: ``out[c, y, x]`` = ``sums[c, y, x]`` divided by
+    the weight sum there (``float32(row_weight[y] * col_weight[x])``), clipped to 0..1, times 255,
+    rounded half to even; 0 for a NaN and where not ``valid``. The same bits as numpy's
+    ``rint(clip(sums / total, 0, 1) * 255).astype(uint8)``, in one pass instead of six."""
+    n_classes, rows, cols = sums.shape
+    for c in range(n_classes):
+        for y in range(rows):
+            line, ok, dst, wy = sums[c, y], valid[y], out[c, y], row_weight[y]
+            for x in range(cols):
+                v = line[x] / np.float32(wy * col_weight[x])
+                if v < np.float32(0.0):
+                    v = np.float32(0.0)
+                elif v > np.float32(1.0):
+                    v = np.float32(1.0)
+                v = np.rint(v * np.float32(255.0))
+                dst[x] = np.uint8(v) if ok[x] and v == v else np.uint8(0)
+
+
+@_compiled
 def normalize(
     batch: NDArray[Any], mean: NDArray[np.float32], std: NDArray[np.float32], out: NDArray[np.float32]
 ) -> None:

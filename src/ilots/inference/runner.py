@@ -71,7 +71,9 @@ log = logging.getLogger("ilots.predict")
 GDAL_CACHE_BYTES = 16 * 2**20
 PREFETCH = 2  # batches read ahead of the forward pass
 # Up to this many pixels the class raster is written uncompressed before its COG copy (1 GB of
-# temporary file at most); a larger one (a mosaic) is written DEFLATE 1, as its overviews.
+# temporary file at most; the probability raster too while its bands hold no more bytes, instead of
+# being compressed twice, DEFLATE 1 then the COG's); a larger one (a mosaic) is written DEFLATE 1, as
+# its overviews.
 RAW_UNCOMPRESSED_PX = 2**30
 BACKGROUND_NICE = 10  # the data path's threads beside a forward pass on the CPU
 # Every this many batches the writer hands the C library's free memory back to the system
@@ -289,6 +291,8 @@ def _predict_into(
         # else read once by the COG copy, right after: not worth compressing, unless very large
         elif source.width * source.height <= RAW_UNCOMPRESSED_PX:
             class_profile.pop("compress"), class_profile.pop("zlevel")
+        if source.width * source.height * len(class_map) <= RAW_UNCOMPRESSED_PX:  # the same bytes at most
+            proba_profile.pop("compress"), proba_profile.pop("zlevel")
         out = stack.enter_context(rasterio.open(raws[0], "w", **class_profile))
         proba = stack.enter_context(rasterio.open(raws[1], "w", **proba_profile)) if proba_tmp else None
         frontier = Frontier(dest.parent)

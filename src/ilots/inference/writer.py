@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 
+from ilots.core.kernels import scale_probabilities
 from ilots.core.rasters import COG_BLOCK, Fill, valid_mask
 from ilots.inference.blending import Blender, Frontier
 from ilots.inference.grid import WindowGrid
@@ -160,8 +161,7 @@ class BlockWriter:
     def write_probabilities(self, window: Window, sums: NDArray[Any], valid: NDArray[np.bool_]) -> None:
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
-        total = np.outer(self.row_weight[r0:r1], self.col_weight[c0:c1]).astype(np.float32)
-        scaled = np.rint(np.clip(sums / total, 0.0, 1.0) * 255.0).astype(np.uint8)
-        scaled[:, ~valid] = 0
+        scaled = np.empty(sums.shape, dtype=np.uint8)
+        scale_probabilities(sums, self.row_weight[r0:r1], self.col_weight[c0:c1], valid, scaled)
         assert self.proba_rows is not None
         self.proba_rows.put(window, scaled, valid.astype(np.uint8) * 255)
