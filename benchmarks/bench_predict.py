@@ -10,7 +10,8 @@ fresh subprocess per size (so that peak resident memory is that size's alone):
   normalizing, blending and writing cost nothing, in raster Mpx/s;
 * their ratio, and the subprocess's peak resident memory (``ru_maxrss``).
 
-The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16]), random weights.
+The model is the demo U-Net (smp, resnet18 encoder, decoder [128, 64, 32, 16, 16]), random weights
+(``--encoder resnet34``: another smp encoder).
 ``--model conv1x1`` swaps it for a 1x1 convolution to measure the I/O path and memory alone.
 
     uv run python benchmarks/bench_predict.py --sizes 4096 16384 [--height 2048] [--device cuda]
@@ -115,9 +116,13 @@ def make_bundle(folder: Path, net: dict) -> Path:
     return folder
 
 
-def model_bundle(data: Path, model: str) -> Path:
-    """The bundle of ``model`` (``unet`` or ``conv1x1``) under ``data``, made once."""
-    return make_bundle(data / f"model-{model}", UNET if model == "unet" else CONV1X1)
+def model_bundle(data: Path, model: str, encoder: str = "resnet18") -> Path:
+    """The bundle of ``model`` (``unet`` with ``encoder``, or ``conv1x1``) under ``data``, made once."""
+    if model != "unet":
+        return make_bundle(data / f"model-{model}", CONV1X1)
+    if encoder == UNET["encoder_name"]:
+        return make_bundle(data / "model-unet", UNET)  # the folder earlier runs made
+    return make_bundle(data / f"model-unet-{encoder}", {**UNET, "encoder_name": encoder})
 
 
 def square_inputs(data: Path, size: int, model: str) -> tuple[Path, Path]:
@@ -251,6 +256,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32"])
     parser.add_argument("--model", choices=["unet", "conv1x1"], default="unet")
+    parser.add_argument(
+        "--encoder", default="resnet18", help="the U-Net's smp encoder (resnet34: the issue's GPU check)"
+    )
     parser.add_argument("--probabilities", action="store_true")
     parser.add_argument(
         "--no-warm-up",
@@ -289,7 +297,7 @@ def main() -> None:
         child(args)
         return
     data = Path(args.data)
-    bundle = model_bundle(data, args.model)
+    bundle = model_bundle(data, args.model, args.encoder)
     results: dict[tuple[int, str, int], list[dict[str, object]]] = {}
     for _ in range(args.rounds):  # alternated: the machine's drift hits every configuration alike
         for size in args.sizes:
